@@ -1,0 +1,195 @@
+//! Every JSON body that crosses the wire, and nothing else (PROTOCOL.md §3–§8).
+//!
+//! Incoming structs are lenient: unknown fields are ignored and every optional
+//! field may be absent or null, because the newest API leaves nulls out and
+//! adds fields the Go runner never knew.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Request header that carries the hex RSA-PSS signature.
+pub const SIGNATURE_HEADER: &str = "X-Flomation-Runner-Signature";
+
+/// `POST /api/v1/runner` body (registration, not signed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistrationRequest {
+    #[serde(default)]
+    pub id: String,
+    pub identifier: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub registration_code: String,
+    #[serde(default = "zero_time")]
+    pub enrolled_at: String,
+    #[serde(default)]
+    pub last_contact_at: Option<String>,
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub executor_version: Option<String>,
+    #[serde(default)]
+    pub manifest: Value,
+    #[serde(default)]
+    pub public_key: Option<String>,
+}
+
+/// Go's zero `time.Time`, which the Go runner always sends as `enrolled_at`.
+pub fn zero_time() -> String {
+    "0001-01-01T00:00:00Z".to_string()
+}
+
+/// `POST /api/v1/runner/{identifier}/execution` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollRequest {
+    pub requested_at: String,
+}
+
+/// A `200` answer to a poll.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingExecution {
+    #[serde(default)]
+    pub flo: Flo,
+    pub execution: Execution,
+    /// The flow definition: any JSON value, written to `execution.flow`.
+    #[serde(default)]
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Flo {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub organisation_id: Option<String>,
+    #[serde(default)]
+    pub author_id: Option<String>,
+    #[serde(default)]
+    pub environment_id: Option<String>,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    #[serde(default, deserialize_with = "null_as_false")]
+    pub system_flow: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Execution {
+    /// Validated into an `ExecutionId` before it is used; kept raw here so a
+    /// hostile value can still be named in the log.
+    pub id: String,
+    pub flo_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub owner_id: Option<String>,
+    #[serde(default)]
+    pub sequence: Option<Value>,
+    /// Trigger data: an object, a string holding JSON, or null.
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default)]
+    pub trigger_type: Option<String>,
+    #[serde(default)]
+    pub author_email: Option<String>,
+    #[serde(default)]
+    pub triggerer_email: Option<String>,
+    #[serde(default)]
+    pub entry_node_id: Option<String>,
+    #[serde(default)]
+    pub execution_status: Option<String>,
+    #[serde(default)]
+    pub completion_status: Option<String>,
+}
+
+fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}
+
+/// `POST /api/v1/execution/{id}/state` body (the claim).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateUpdate {
+    pub state: String,
+}
+
+/// `POST /api/v1/execution/{id}/logs` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub lines: Vec<String>,
+}
+
+/// `GET /api/v1/execution/{id}/status` answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusResponse {
+    #[serde(default)]
+    pub completion_status: Option<String>,
+}
+
+/// The value of `completion_status` that asks the runner to stop.
+pub const COMPLETION_CANCEL: &str = "cancel";
+
+/// `POST /api/v1/execution/{id}` body: the result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutionResult {
+    pub has_errored: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
+    pub state: serde_json::Map<String, Value>,
+}
+
+/// API paths, relative to the base URL. Ids are validated before they get here.
+pub mod paths {
+    pub const REGISTER: &str = "/api/v1/runner";
+
+    pub fn poll(identifier: &str) -> String {
+        format!("/api/v1/runner/{identifier}/execution")
+    }
+    pub fn state(execution_id: &str) -> String {
+        format!("/api/v1/execution/{execution_id}/state")
+    }
+    pub fn logs(execution_id: &str) -> String {
+        format!("/api/v1/execution/{execution_id}/logs")
+    }
+    pub fn status(execution_id: &str) -> String {
+        format!("/api/v1/execution/{execution_id}/status")
+    }
+    pub fn result(execution_id: &str) -> String {
+        format!("/api/v1/execution/{execution_id}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_execution_tolerates_missing_and_extra_fields() {
+        let body = r#"{"execution":{"id":"e","flo_id":"f","completed_at":"x","result":1},
+                       "data":{"nodes":[]},"checkpoint":null}"#;
+        let p: PendingExecution = serde_json::from_str(body).unwrap();
+        assert_eq!(p.execution.id, "e");
+        assert!(p.flo.id.is_none());
+        assert!(!p.flo.system_flow);
+    }
+
+    #[test]
+    fn pending_execution_requires_ids() {
+        assert!(serde_json::from_str::<PendingExecution>(r#"{"execution":{"id":"e"}}"#).is_err());
+    }
+
+    #[test]
+    fn cancelled_is_omitted_when_false() {
+        let r = ExecutionResult {
+            has_errored: false,
+            cancelled: false,
+            state: Default::default(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"has_errored":false,"state":{}}"#
+        );
+    }
+}
