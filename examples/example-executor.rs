@@ -1,1 +1,608 @@
-fn main() {}
+//! A stand-alone example executor implementing the runner/executor contract
+//! (PROTOCOL.md §7 and §8). It runs the demo and drives the runner's
+//! integration tests, so every behaviour below is exact and stable.
+//!
+//! It deliberately does not use the `flo_runner` library: an executor is a
+//! separate program, and this one only needs std and `serde_json`.
+//!
+//! # Modes
+//!
+//! * `--version` anywhere on the command line: print `example-executor 0.1.0`
+//!   and a newline on stdout, exit 0. Other arguments are ignored (the runner
+//!   may prepend leading arguments from `executable_name`).
+//! * `--manifest FILE`: write the action manifest (JSON, see [`manifest`]) to
+//!   FILE (relative to the working directory), exit 0.
+//! * Otherwise run mode. The arguments the runner passes are
+//!   `--output json --path execution.flow --entry E --id ID --flow FLO
+//!   --api URL --runner NAME [--environment ENV] [--trigger-data F]
+//!   [--context F] [--key PATH]`, accepted in any order, also as `--flag=value`.
+//!   A known flag always takes the next argument as its value (even an empty
+//!   one); unknown flags and stray words are ignored.
+//!
+//! # Run mode
+//!
+//! 1. Before anything else, `argv.json` is written in the working directory:
+//!    `{"argv": [every argument after argv[0], in order], "cwd": "<absolute
+//!    cwd>", "pid": <pid>, "pgid": <process group id, from /proc/self/stat;
+//!    null where that is unavailable>}`.
+//! 2. The flow file (`--path`) is read: `{"nodes": [...], "edges": [...]}`.
+//!    A missing `--path`, or a flow file that cannot be read or is not JSON,
+//!    prints a message on stderr and exits 2 without writing `state.json`.
+//!    A flow without a `nodes` array has no nodes. Edges are ignored.
+//! 3. Nodes run in array order, starting at the node whose `id` equals
+//!    `--entry` when that is non-empty and found (otherwise at the first).
+//!    A node's id is its `id` field (a string, or any JSON value rendered as
+//!    JSON), or `#<index>` when it has none. Node types:
+//!
+//!    | node | behaviour |
+//!    |---|---|
+//!    | `{"type":"log","message":M}` | stdout line `[node <id>] M` |
+//!    | `{"type":"stderr","message":M}` | stderr line `[node <id>] M` |
+//!    | `{"type":"print","count":N,"bytes":B,"stream":S}` | N lines (default 1) on S (`stdout`, the default, or `stderr`); line i (from 1) is `line 000001 ` padded with `x` to B bytes (default 80; never shorter than the prefix), newline not counted; buffered, flushed at the end of the node |
+//!    | `{"type":"binary","bytes":N,"stream":S}` | N bytes (default 16) cycling `ff fe fd fc` (never valid UTF-8), then `\n` |
+//!    | `{"type":"longline","bytes":N,"stream":S}` | N bytes (default 100000) of `a`, with NO newline after them; output from later nodes continues the same line |
+//!    | `{"type":"sleep","ms":N}` | sleeps N ms (default 0) |
+//!    | `{"type":"fail","message":M}` | stderr line `[node <id>] failed: M`; the final status becomes 1; the walk continues |
+//!    | `{"type":"exit","code":N}` | flushes, exits at once with code N (default 0) without writing `state.json` |
+//!    | `{"type":"no_state"}` | at the end, `state.json` is not written |
+//!    | `{"type":"bad_state"}` | at the end, `state.json` holds the 9 bytes `{not json` |
+//!    | `{"type":"status","value":V}` | the final `status` is V (any JSON value, e.g. `2` or `"weird"`); overrides `fail` |
+//!    | `{"type":"ignore_sigterm"}` | from now on SIGTERM is ignored, see below; the walk continues with the next node |
+//!    | `{"type":"spawn","ms":N,"stdio":"inherit"\|"null"}` | starts a grandchild `sleep N/1000` (default 60000 ms) that is not waited for, and appends its pid and `\n` to `grandchild.pid`. By default it inherits stdout/stderr (so it keeps the runner's pipes open, like a careless real flow); `"stdio":"null"` detaches it |
+//!    | `{"type":"echo_trigger"}` | when `--trigger-data F` was given, stdout line `trigger-data: <content of F>`; when `--context F` was given, `context: <content of F>`. The content has trailing whitespace trimmed and each inner line break replaced by a space. An unreadable file prints `trigger-data: <unreadable: why>` |
+//!    | anything else | stdout line `[node <id>] skipped unknown type <t>` (`<t>` is the type rendered as JSON when it is not a string, `null` when absent) |
+//!
+//! 4. At the end `state.json` is written in the working directory:
+//!    `{"id": ID, "flow_id": FLO, "status": S, "duration": MS,
+//!    "billing_duration": MS, "outputs": {"<node id>": OUT, ...}}` where S is 0,
+//!    or 1 when a `fail` node ran, or the last `status` override; MS is the
+//!    wall time in whole milliseconds since start; OUT is `{"ok": true}` for a
+//!    node that ran, `{"ok": false, "error": M}` for a `fail` node and
+//!    `{"ok": true, "skipped": true}` for an unknown type. The exit code is 0
+//!    (also after a `fail` node: the status carries the failure).
+//!
+//! # How `ignore_sigterm` works without libc
+//!
+//! std cannot change a signal disposition, and this example uses no libc
+//! crate. An ignored signal stays ignored across `exec`, though, so the node
+//! flushes its output and `exec`s `sh -c 'trap "" TERM; exec "$0" "$@"'` with
+//! this same program and the same arguments. The pid, process group, open
+//! pipes and working directory are kept; the walk's progress (next node,
+//! outputs, status, start time) is carried over in the `FLO_EXAMPLE_RESUME`
+//! environment variable, and the resumed process does not rewrite
+//! `argv.json`. Everything it starts afterwards (e.g. `spawn` grandchildren)
+//! inherits the ignored SIGTERM too, so only SIGKILL stops them. SIGTERM
+//! otherwise has its default effect: the executor dies.
+//!
+//! Output errors (for example a closed pipe) are ignored: the executor keeps
+//! going, as a real one would until it is killed.
+
+use serde_json::{json, Map, Value};
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{self, Command, Stdio};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const NAME: &str = "example-executor";
+const VERSION: &str = "0.1.0";
+const RESUME_ENV: &str = "FLO_EXAMPLE_RESUME";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = Options::parse(&args);
+    if opts.version {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{NAME} {VERSION}");
+        let _ = out.flush();
+        return;
+    }
+    if let Some(file) = &opts.manifest {
+        process::exit(write_manifest(file));
+    }
+    process::exit(run(&args, &opts));
+}
+
+/// The command line, parsed leniently.
+#[derive(Default)]
+struct Options {
+    version: bool,
+    manifest: Option<String>,
+    path: Option<String>,
+    entry: Option<String>,
+    id: Option<String>,
+    flow: Option<String>,
+    trigger_data: Option<String>,
+    context: Option<String>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Options {
+        const WITH_VALUE: &[&str] = &[
+            "output",
+            "path",
+            "entry",
+            "id",
+            "flow",
+            "api",
+            "runner",
+            "environment",
+            "trigger-data",
+            "context",
+            "key",
+            "manifest",
+        ];
+        let mut opts = Options::default();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            i += 1;
+            let Some(flag) = arg.strip_prefix("--") else {
+                continue; // stray word: ignored
+            };
+            if flag == "version" {
+                opts.version = true;
+                continue;
+            }
+            let (name, value) = match flag.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None if WITH_VALUE.contains(&flag) => {
+                    let value = args.get(i).cloned();
+                    i += 1;
+                    (flag, value)
+                }
+                None => continue, // unknown flag: ignored
+            };
+            let Some(value) = value else { continue };
+            match name {
+                "manifest" => opts.manifest = Some(value),
+                "path" => opts.path = Some(value),
+                "entry" => opts.entry = Some(value),
+                "id" => opts.id = Some(value),
+                "flow" => opts.flow = Some(value),
+                "trigger-data" => opts.trigger_data = Some(value),
+                "context" => opts.context = Some(value),
+                _ => {}
+            }
+        }
+        opts
+    }
+}
+
+fn manifest() -> Value {
+    let action = |id: &str, name: &str, description: &str| json!({"id": id, "name": name, "description": description});
+    json!({
+        "name": NAME,
+        "version": VERSION,
+        "actions": [
+            action("log", "Log a message", "Writes a message to the execution log."),
+            action("stderr", "Log to stderr", "Writes a message to standard error."),
+            action("sleep", "Sleep", "Waits for a number of milliseconds."),
+            action("fail", "Fail", "Marks the execution as failed and carries on."),
+            action("echo_trigger", "Echo trigger data", "Logs the trigger data and context."),
+        ],
+    })
+}
+
+fn write_manifest(file: &str) -> i32 {
+    let text = match serde_json::to_vec_pretty(&manifest()) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{NAME}: cannot serialise the manifest: {e}");
+            return 1;
+        }
+    };
+    match fs::write(file, text) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{NAME}: cannot write manifest {file}: {e}");
+            1
+        }
+    }
+}
+
+/// Progress of the walk; carried across the `ignore_sigterm` re-exec.
+struct Walk {
+    next: usize,
+    start_ms: u64,
+    failed: bool,
+    status: Option<Value>,
+    no_state: bool,
+    bad_state: bool,
+    outputs: Map<String, Value>,
+}
+
+impl Walk {
+    fn new() -> Walk {
+        Walk {
+            next: 0,
+            start_ms: now_ms(),
+            failed: false,
+            status: None,
+            no_state: false,
+            bad_state: false,
+            outputs: Map::new(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "next": self.next,
+            "start_ms": self.start_ms,
+            "failed": self.failed,
+            "status": self.status,
+            "no_state": self.no_state,
+            "bad_state": self.bad_state,
+            "outputs": self.outputs,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Walk> {
+        Some(Walk {
+            next: usize::try_from(v.get("next")?.as_u64()?).ok()?,
+            start_ms: v.get("start_ms")?.as_u64()?,
+            failed: v.get("failed")?.as_bool()?,
+            status: v.get("status").filter(|s| !s.is_null()).cloned(),
+            no_state: v.get("no_state")?.as_bool()?,
+            bad_state: v.get("bad_state")?.as_bool()?,
+            outputs: v.get("outputs")?.as_object()?.clone(),
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn run(args: &[String], opts: &Options) -> i32 {
+    let resumed = std::env::var(RESUME_ENV).ok();
+    std::env::remove_var(RESUME_ENV);
+    let mut walk = match &resumed {
+        Some(text) => match serde_json::from_str(text)
+            .ok()
+            .as_ref()
+            .and_then(Walk::from_json)
+        {
+            Some(walk) => walk,
+            None => {
+                eprintln!("{NAME}: {RESUME_ENV} is not a valid resume state");
+                return 2;
+            }
+        },
+        None => {
+            if let Err(e) = write_argv(args) {
+                eprintln!("{NAME}: cannot write argv.json: {e}");
+            }
+            Walk::new()
+        }
+    };
+
+    let Some(path) = &opts.path else {
+        eprintln!("{NAME}: no flow file given (--path)");
+        return 2;
+    };
+    let flow: Value = match fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(flow) => flow,
+            Err(e) => {
+                eprintln!("{NAME}: flow file {path} is not valid JSON: {e}");
+                return 2;
+            }
+        },
+        Err(e) => {
+            eprintln!("{NAME}: cannot read flow file {path}: {e}");
+            return 2;
+        }
+    };
+    let nodes: &[Value] = flow
+        .get("nodes")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+
+    if resumed.is_none() {
+        let entry = opts.entry.as_deref().unwrap_or("");
+        if !entry.is_empty() {
+            if let Some(i) = nodes
+                .iter()
+                .enumerate()
+                .position(|(i, n)| node_id(n, i) == entry)
+            {
+                walk.next = i;
+            }
+        }
+    }
+
+    while walk.next < nodes.len() {
+        let index = walk.next;
+        walk.next += 1;
+        let node = &nodes[index];
+        let id = node_id(node, index);
+        match run_node(node, &id, opts, &mut walk) {
+            Step::Continue(output) => {
+                walk.outputs.insert(id, output);
+            }
+            Step::Exit(code) => {
+                flush_all();
+                return code;
+            }
+            Step::IgnoreSigterm => {
+                walk.outputs.insert(id, json!({"ok": true}));
+                // Only returns when the exec failed.
+                let e = reexec_ignoring_sigterm(args, &walk);
+                eprintln!("{NAME}: cannot re-exec to ignore SIGTERM: {e}");
+            }
+        }
+    }
+
+    flush_all();
+    if walk.no_state {
+        return 0;
+    }
+    let contents = if walk.bad_state {
+        b"{not json".to_vec()
+    } else {
+        let duration = now_ms().saturating_sub(walk.start_ms);
+        let status = walk
+            .status
+            .clone()
+            .unwrap_or_else(|| json!(i32::from(walk.failed)));
+        let state = json!({
+            "id": opts.id.as_deref().unwrap_or(""),
+            "flow_id": opts.flow.as_deref().unwrap_or(""),
+            "status": status,
+            "duration": duration,
+            "billing_duration": duration,
+            "outputs": walk.outputs,
+        });
+        match serde_json::to_vec(&state) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("{NAME}: cannot serialise state.json: {e}");
+                return 1;
+            }
+        }
+    };
+    if let Err(e) = fs::write("state.json", contents) {
+        eprintln!("{NAME}: cannot write state.json: {e}");
+        return 1;
+    }
+    0
+}
+
+fn write_argv(args: &[String]) -> io::Result<()> {
+    let cwd = std::env::current_dir()?;
+    let doc = json!({
+        "argv": args,
+        "cwd": cwd.to_string_lossy(),
+        "pid": process::id(),
+        "pgid": process_group(),
+    });
+    fs::write(
+        "argv.json",
+        serde_json::to_vec(&doc).map_err(io::Error::other)?,
+    )
+}
+
+/// The process group id: field 5 of /proc/self/stat. The command name (field
+/// 2) is in parentheses and may itself hold spaces or parentheses, so fields
+/// are counted after the last `)`.
+fn process_group() -> Option<i64> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn node_id(node: &Value, index: usize) -> String {
+    match node.get("id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => format!("#{index}"),
+        Some(other) => other.to_string(),
+    }
+}
+
+enum Step {
+    Continue(Value),
+    Exit(i32),
+    IgnoreSigterm,
+}
+
+fn str_field<'a>(node: &'a Value, key: &str) -> &'a str {
+    node.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn u64_field(node: &Value, key: &str, default: u64) -> u64 {
+    node.get(key).and_then(Value::as_u64).unwrap_or(default)
+}
+
+fn usize_field(node: &Value, key: &str, default: usize) -> usize {
+    usize::try_from(u64_field(node, key, default as u64)).unwrap_or(usize::MAX)
+}
+
+fn run_node(node: &Value, id: &str, opts: &Options, walk: &mut Walk) -> Step {
+    let ok = json!({"ok": true});
+    match node.get("type").and_then(Value::as_str) {
+        Some("log") => {
+            let line = format!("[node {id}] {}", str_field(node, "message"));
+            write_line(&mut io::stdout().lock(), line.as_bytes());
+        }
+        Some("stderr") => {
+            let line = format!("[node {id}] {}", str_field(node, "message"));
+            write_line(&mut io::stderr().lock(), line.as_bytes());
+        }
+        Some("print") => {
+            let count = u64_field(node, "count", 1);
+            let bytes = usize_field(node, "bytes", 80);
+            with_stream(node, |out| {
+                let mut line = Vec::with_capacity(bytes + 1);
+                for i in 1..=count {
+                    line.clear();
+                    let _ = write!(line, "line {i:06} ");
+                    if line.len() < bytes {
+                        line.resize(bytes, b'x');
+                    }
+                    line.push(b'\n');
+                    out.write_all(&line)?;
+                }
+                Ok(())
+            });
+        }
+        Some("binary") => {
+            let n = usize_field(node, "bytes", 16);
+            let mut data: Vec<u8> = [0xff, 0xfe, 0xfd, 0xfc]
+                .into_iter()
+                .cycle()
+                .take(n)
+                .collect();
+            data.push(b'\n');
+            with_stream(node, |out| out.write_all(&data));
+        }
+        Some("longline") => {
+            let n = usize_field(node, "bytes", 100_000);
+            with_stream(node, |out| {
+                let chunk = [b'a'; 8192];
+                let mut left = n;
+                while left > 0 {
+                    let take = left.min(chunk.len());
+                    out.write_all(&chunk[..take])?;
+                    left -= take;
+                }
+                Ok(())
+            });
+        }
+        Some("sleep") => {
+            flush_all();
+            thread::sleep(Duration::from_millis(u64_field(node, "ms", 0)));
+        }
+        Some("fail") => {
+            let message = str_field(node, "message");
+            let line = format!("[node {id}] failed: {message}");
+            write_line(&mut io::stderr().lock(), line.as_bytes());
+            walk.failed = true;
+            return Step::Continue(json!({"ok": false, "error": message}));
+        }
+        Some("exit") => {
+            let code = node.get("code").and_then(Value::as_i64).unwrap_or(0);
+            return Step::Exit(i32::try_from(code).unwrap_or(1));
+        }
+        Some("no_state") => walk.no_state = true,
+        Some("bad_state") => walk.bad_state = true,
+        Some("status") => walk.status = Some(node.get("value").cloned().unwrap_or(Value::Null)),
+        Some("ignore_sigterm") => return Step::IgnoreSigterm,
+        Some("spawn") => spawn_grandchild(node, id),
+        Some("echo_trigger") => {
+            for (label, file) in [
+                ("trigger-data", &opts.trigger_data),
+                ("context", &opts.context),
+            ] {
+                if let Some(file) = file {
+                    let line = match fs::read(file) {
+                        Ok(bytes) => {
+                            let text = String::from_utf8_lossy(&bytes);
+                            let text = text
+                                .trim_end()
+                                .replace("\r\n", " ")
+                                .replace(['\n', '\r'], " ");
+                            format!("{label}: {text}")
+                        }
+                        Err(e) => format!("{label}: <unreadable: {e}>"),
+                    };
+                    write_line(&mut io::stdout().lock(), line.as_bytes());
+                }
+            }
+        }
+        _ => {
+            let kind = match node.get("type") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => "null".to_string(),
+            };
+            let line = format!("[node {id}] skipped unknown type {kind}");
+            write_line(&mut io::stdout().lock(), line.as_bytes());
+            return Step::Continue(json!({"ok": true, "skipped": true}));
+        }
+    }
+    Step::Continue(ok)
+}
+
+/// Writes one line; output errors are ignored (see the module comment).
+fn write_line(out: &mut dyn Write, line: &[u8]) {
+    let _ = out.write_all(line);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Runs `body` against the node's `stream` (stdout unless `"stderr"`) through
+/// a large buffer, then flushes. Errors stop the node and are otherwise ignored.
+fn with_stream(node: &Value, body: impl FnOnce(&mut dyn Write) -> io::Result<()>) {
+    fn go(out: impl Write, body: impl FnOnce(&mut dyn Write) -> io::Result<()>) {
+        let mut out = BufWriter::with_capacity(64 * 1024, out);
+        let _ = body(&mut out);
+        let _ = out.flush();
+    }
+    if str_field(node, "stream") == "stderr" {
+        go(io::stderr().lock(), body);
+    } else {
+        go(io::stdout().lock(), body);
+    }
+}
+
+fn flush_all() {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+}
+
+fn spawn_grandchild(node: &Value, id: &str) {
+    let ms = u64_field(node, "ms", 60_000);
+    let seconds = if ms % 1000 == 0 {
+        (ms / 1000).to_string()
+    } else {
+        format!("{}.{:03}", ms / 1000, ms % 1000)
+    };
+    let mut command = Command::new("sleep");
+    command.arg(&seconds);
+    if str_field(node, "stdio") == "null" {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
+    flush_all();
+    // The child is deliberately neither waited for nor killed: dropping a
+    // `Child` leaves the process running.
+    match command.spawn() {
+        Ok(child) => {
+            let pid = child.id();
+            let written = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open("grandchild.pid")
+                .and_then(|mut f| writeln!(f, "{pid}"));
+            if let Err(e) = written {
+                eprintln!("{NAME}: [node {id}] cannot write grandchild.pid: {e}");
+            }
+        }
+        Err(e) => eprintln!("{NAME}: [node {id}] cannot spawn sleep: {e}"),
+    }
+}
+
+/// Replaces this process with `sh`, which ignores SIGTERM and then execs this
+/// program again with the same arguments; see the module comment. Returns only
+/// on failure.
+fn reexec_ignoring_sigterm(args: &[String], walk: &Walk) -> io::Error {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return e,
+    };
+    flush_all();
+    Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap '' TERM; exec "$0" "$@""#)
+        .arg(Path::new(&exe))
+        .args(args)
+        .env(RESUME_ENV, walk.to_json().to_string())
+        .exec()
+}
