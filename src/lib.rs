@@ -6,8 +6,22 @@
 //! (batches log lines), [`cancel`] (one status poller for every running
 //! execution). [`devserver`] is the dev control plane.
 
+pub mod api;
+pub mod backoff;
+pub mod cancel;
+pub mod config;
+pub mod executor;
 pub mod fsutil;
 pub mod identity;
 pub mod ids;
+pub mod job;
+pub mod logship;
+pub mod output;
+pub mod poller;
+pub mod pool;
 pub mod protocol;
+pub mod registration;
+pub mod report;
+pub mod shutdown;
 pub mod signing;
+pub mod workspace;

@@ -1,1 +1,281 @@
-fn main() {}
+//! flo-runner: the pipeline, wired top to bottom.
+//!
+//! config → identity → executor discovery → registration → poller → pool →
+//! (per execution: claim → workspace → executor → report), with the log
+//! shipper and the stop watcher beside them, and one shutdown signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flo_runner::api::Api;
+use flo_runner::cancel::{StopReason, Watcher};
+use flo_runner::config::{self, Config};
+use flo_runner::identity::Identity;
+use flo_runner::job::Context;
+use flo_runner::logship::LogShipper;
+use flo_runner::pool::Pool;
+use flo_runner::protocol::{zero_time, RegistrationRequest};
+use flo_runner::registration::{self, RegistrationError};
+use flo_runner::shutdown::Shutdown;
+use flo_runner::{executor, fsutil, poller};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+const HELP: &str = "\
+flo-runner: a worker agent for the Flomation API
+
+Usage: flo-runner [--config PATH]
+
+Options:
+  -c, --config PATH   configuration file (default: ./config.json; it may be
+                      absent when FLOMATION_API / RUNNER_URL and
+                      FLOMATION_REGISTRATION_CODE / RUNNER_REGISTRATION_CODE are set)
+  -V, --version       print the version and exit
+  -h, --help          print this help and exit
+
+Runs until SIGINT or SIGTERM: a first signal stops polling and lets running
+executions finish (up to runner.shutdown_grace_secs); a second stops them now.
+Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.";
+
+enum Cli {
+    Run { config: PathBuf, explicit: bool },
+    Exit(ExitCode),
+}
+
+fn parse_args() -> Cli {
+    let mut args = std::env::args_os().skip(1);
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("-h" | "--help") => {
+                println!("{HELP}");
+                return Cli::Exit(ExitCode::SUCCESS);
+            }
+            Some("-V" | "--version") => {
+                println!("flo-runner {VERSION}");
+                return Cli::Exit(ExitCode::SUCCESS);
+            }
+            Some("-c" | "--config") => match args.next() {
+                Some(p) => config = Some(PathBuf::from(p)),
+                None => {
+                    eprintln!("flo-runner: --config needs a path (see --help)");
+                    return Cli::Exit(ExitCode::from(2));
+                }
+            },
+            Some(s) if s.starts_with("--config=") => {
+                config = Some(PathBuf::from(&s["--config=".len()..]));
+            }
+            _ => {
+                eprintln!(
+                    "flo-runner: unexpected argument {:?} (see --help)",
+                    arg.to_string_lossy()
+                );
+                return Cli::Exit(ExitCode::from(2));
+            }
+        }
+    }
+    match config {
+        Some(config) => Cli::Run {
+            config,
+            explicit: true,
+        },
+        None => Cli::Run {
+            config: PathBuf::from(config::DEFAULT_CONFIG_FILE),
+            explicit: false,
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let (path, explicit) = match parse_args() {
+        Cli::Run { config, explicit } => (config, explicit),
+        Cli::Exit(code) => return code,
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    // No backtraces for users: a panic is a bug, reported in one line.
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("internal error (please report): {info}");
+    }));
+
+    match run(&path, explicit) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            log::error!("{message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &std::path::Path, explicit: bool) -> Result<(), String> {
+    let (config, warnings) = config::load(path, explicit, &|name| std::env::var(name).ok())
+        .map_err(|e| e.to_string())?;
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    match &config.source {
+        Some(p) => log::info!("flo-runner {VERSION} starting with {}", p.display()),
+        None => log::info!(
+            "flo-runner {VERSION} starting from environment variables (no {})",
+            path.display()
+        ),
+    }
+
+    // Signals first, so that a stop during a long registration retry is clean.
+    let shutdown = Shutdown::new();
+    install_signal_handler(&shutdown)?;
+
+    let exec_dir = &config.execution.execution_directory;
+    fsutil::create_dir_all(exec_dir).map_err(|e| {
+        format!(
+            "cannot create execution directory {}: {e}",
+            exec_dir.display()
+        )
+    })?;
+    let identity = Arc::new(
+        Identity::load_or_create(
+            &config.execution.state_directory,
+            &config.runner.certificate,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    log::info!("runner identifier {}", identity.identifier);
+    let discovery = executor::discover(&config).map_err(|e| e.to_string())?;
+    log::info!("executor version {}", discovery.version.trim());
+
+    let api = Arc::new(Api::new(&config.runner.url, identity.clone()));
+    let body = RegistrationRequest {
+        id: String::new(),
+        identifier: identity.identifier.to_string(),
+        name: config.runner.name.clone(),
+        registration_code: config.runner.registration_code.clone(),
+        enrolled_at: zero_time(),
+        last_contact_at: None,
+        ip_address: None,
+        version: Some(VERSION.to_string()),
+        executor_version: Some(discovery.version),
+        manifest: discovery.manifest,
+        public_key: Some(identity.public_key_pem.clone()),
+    };
+    match registration::register(&api, &body, &config.runner.registration_retry, &shutdown) {
+        Ok(_) => {}
+        Err(RegistrationError::Interrupted) => {
+            log::info!("stopped before registration completed");
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+
+    let shipper = LogShipper::start(
+        api.clone(),
+        config.execution.log_batch_lines,
+        config.execution.log_flush,
+        shutdown.clone(),
+    );
+    let watcher = Watcher::start(api.clone(), config.execution.kill_grace);
+    let workers = config.execution.max_concurrent_executors;
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        identity,
+        api,
+        shipper,
+        watcher: watcher.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let pool = Arc::new(
+        Pool::start(ctx.clone(), workers).map_err(|e| format!("cannot start workers: {e}"))?,
+    );
+    let gate = poller::gate();
+    {
+        let (ctx, pool, gate) = (ctx.clone(), pool.clone(), gate.clone());
+        std::thread::Builder::new()
+            .name("poller".into())
+            .spawn(move || poller::run(&ctx, &pool, &gate))
+            .map_err(|e| format!("cannot start the poller: {e}"))?;
+    }
+    log::info!(
+        "polling {} for work with {workers} executor slot(s)",
+        config.runner.url
+    );
+
+    // Park until a signal.
+    while !shutdown.sleep(Duration::from_secs(3600)) {}
+    drain(&config, &shutdown, &watcher, &pool, &gate);
+    log::info!("stopped");
+    Ok(())
+}
+
+fn install_signal_handler(shutdown: &Shutdown) -> Result<(), String> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let s = shutdown.clone();
+    ctrlc::set_handler(move || {
+        if count.fetch_add(1, Ordering::SeqCst) == 0 {
+            s.request();
+        } else {
+            s.force();
+        }
+    })
+    .map_err(|e| format!("cannot install the signal handler: {e}"))
+}
+
+/// Graceful shutdown: polling has stopped (the poller sees the signal); wait
+/// for running executions up to the grace period, then stop them, and let
+/// every worker report. Returns holding the poller gate, so no work that
+/// arrives on an abandoned poll can be half-taken.
+fn drain(
+    config: &Config,
+    shutdown: &Shutdown,
+    watcher: &Watcher,
+    pool: &Pool,
+    gate: &poller::Gate,
+) {
+    let grace = config.runner.shutdown_grace;
+    let start = Instant::now();
+    let mut stopping_since: Option<Instant> = None;
+    let mut next_report = start;
+    loop {
+        let g = gate.lock();
+        let busy = pool.slots.busy();
+        if busy == 0 {
+            if g.poll_in_flight {
+                log::info!("abandoning the open poll");
+            }
+            // Keep the gate locked until the process exits.
+            std::mem::forget(g);
+            return;
+        }
+        drop(g);
+        let now = Instant::now();
+        if stopping_since.is_none() && (shutdown.is_forced() || now >= start + grace) {
+            log::warn!(
+                "{}: stopping {busy} running execution(s)",
+                if shutdown.is_forced() {
+                    "second signal"
+                } else {
+                    "shutdown grace period over"
+                }
+            );
+            watcher.stop_all(StopReason::Shutdown);
+            stopping_since = Some(now);
+        }
+        if let Some(since) = stopping_since {
+            // Executors get SIGKILL after kill_grace; then results go out.
+            if now >= since + config.execution.kill_grace + Duration::from_secs(45) {
+                log::error!("{busy} execution(s) did not finish reporting; exiting anyway");
+                return;
+            }
+        } else if now >= next_report {
+            let left = (start + grace).saturating_duration_since(now);
+            log::info!(
+                "shutting down: waiting for {busy} execution(s), {} s left",
+                left.as_secs()
+            );
+            next_report = now + Duration::from_secs(5);
+        }
+        pool.slots.wait_idle(now + Duration::from_millis(250));
+    }
+}

@@ -19,7 +19,7 @@ pub struct Signer {
 
 enum Inner {
     Ring {
-        key: RsaKeyPair,
+        key: Box<RsaKeyPair>,
         rng: SystemRandom,
     },
     /// For keys `ring` will not load; the `rsa` crate signs them instead.
@@ -38,7 +38,7 @@ impl Signer {
             .and_then(|der| RsaKeyPair::from_der(der.as_bytes()).ok());
         let inner = match ring_key {
             Some(key) => Inner::Ring {
-                key,
+                key: Box::new(key),
                 rng: SystemRandom::new(),
             },
             None => {

@@ -1,0 +1,239 @@
+//! The Flomation API client: one method per route, every request but
+//! registration signed (PROTOCOL.md §2), every call with a timeout.
+
+use std::io::{BufReader, Read};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::identity::Identity;
+use crate::ids::ExecutionId;
+use crate::protocol::{self, paths, PendingExecution, SIGNATURE_HEADER};
+
+/// Longer than the API's 25 s long-poll (the Go runner uses 35 s too).
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(35);
+/// Every other call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// A pending execution larger than this is refused rather than buffered.
+pub const MAX_POLL_BODY: u64 = 64 * 1024 * 1024;
+/// Other answers are small; anything past this is not read.
+const MAX_SMALL_BODY: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Transport(String),
+    #[error("HTTP {code}{}", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
+    Status { code: u16, body: String },
+    #[error("unreadable answer: {0}")]
+    Decode(String),
+    #[error(transparent)]
+    Sign(#[from] crate::signing::SignError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The request may or may not have taken effect on the server: a
+    /// transport error, a timeout, a 5xx, 408 or 429. Only these are retried
+    /// for calls with side effects.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            ApiError::Transport(_) => true,
+            ApiError::Status { code, .. } => *code >= 500 || *code == 408 || *code == 429,
+            ApiError::Decode(_) | ApiError::Sign(_) => false,
+        }
+    }
+}
+
+/// What a poll brought back.
+pub enum PollAnswer {
+    NoWork,
+    Work(Box<PendingExecution>),
+    /// A 200 whose body is not a usable pending execution. `execution_id` is
+    /// set when the body at least named one, so it can be reported as errored.
+    Malformed {
+        execution_id: Option<String>,
+        why: String,
+    },
+}
+
+pub struct Api {
+    base: String,
+    identity: Arc<Identity>,
+    poll_agent: ureq::Agent,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    pub fn new(base_url: &str, identity: Arc<Identity>) -> Self {
+        let user_agent = format!("flo-runner/{}", env!("CARGO_PKG_VERSION"));
+        let build = |timeout: Duration| {
+            ureq::AgentBuilder::new()
+                .timeout(timeout)
+                .timeout_connect(Duration::from_secs(10))
+                .user_agent(&user_agent)
+                .redirects(0)
+                .build()
+        };
+        Self {
+            base: base_url.trim_end_matches('/').to_string(),
+            identity,
+            poll_agent: build(POLL_TIMEOUT),
+            agent: build(CALL_TIMEOUT),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// `POST /api/v1/runner`, unsigned. Returns the 2xx status.
+    pub fn register(&self, body: &protocol::RegistrationRequest) -> Result<u16, ApiError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        let req = self
+            .agent
+            .post(&self.url(paths::REGISTER))
+            .set("Content-Type", "application/json");
+        let resp = finish(req.send_bytes(&bytes))?;
+        Ok(resp.status())
+    }
+
+    /// `POST /api/v1/runner/{identifier}/execution`.
+    pub fn poll(&self) -> Result<PollAnswer, ApiError> {
+        let body = protocol::PollRequest {
+            requested_at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        let path = paths::poll(self.identity.identifier.as_str());
+        let resp = self.post_signed(&self.poll_agent, &path, &bytes)?;
+        if resp.status() == 204 {
+            return Ok(PollAnswer::NoWork);
+        }
+        // Streamed: invalid JSON fails at its first bad byte, and a body past
+        // the cap is cut off, so a hostile answer cannot balloon memory.
+        let reader = BufReader::new(resp.into_reader().take(MAX_POLL_BODY));
+        let value: Value = match serde_json::from_reader(reader) {
+            Ok(v) => v,
+            Err(e) => {
+                return Ok(PollAnswer::Malformed {
+                    execution_id: None,
+                    why: format!("not JSON (or over {MAX_POLL_BODY} bytes): {e}"),
+                })
+            }
+        };
+        let execution_id = value
+            .get("execution")
+            .and_then(|e| e.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match serde_json::from_value::<PendingExecution>(value) {
+            Ok(p) => Ok(PollAnswer::Work(Box::new(p))),
+            Err(e) => Ok(PollAnswer::Malformed {
+                execution_id,
+                why: format!("not a pending execution: {e}"),
+            }),
+        }
+    }
+
+    /// `POST /api/v1/execution/{id}/state` with `{"state":"running"}`.
+    pub fn claim(&self, id: &ExecutionId) -> Result<u16, ApiError> {
+        let body = protocol::StateUpdate {
+            state: "running".to_string(),
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        let resp = self.post_signed(&self.agent, &paths::state(id.as_str()), &bytes)?;
+        Ok(resp.status())
+    }
+
+    /// `POST /api/v1/execution/{id}/logs`.
+    pub fn send_logs(&self, id: &ExecutionId, lines: &[String]) -> Result<(), ApiError> {
+        let bytes = serde_json::to_vec(&serde_json::json!({ "lines": lines }))
+            .map_err(|e| ApiError::Decode(e.to_string()))?;
+        self.post_signed(&self.agent, &paths::logs(id.as_str()), &bytes)?;
+        Ok(())
+    }
+
+    /// `GET /api/v1/execution/{id}/status`, signed over the id.
+    pub fn status(
+        &self,
+        id: &ExecutionId,
+        timeout: Duration,
+    ) -> Result<protocol::StatusResponse, ApiError> {
+        let signature = self.identity.signer.sign_hex(id.as_str().as_bytes())?;
+        let req = self
+            .agent
+            .get(&self.url(&paths::status(id.as_str())))
+            .timeout(timeout)
+            .set(SIGNATURE_HEADER, &signature);
+        let resp = finish(req.call())?;
+        read_json(resp)
+    }
+
+    /// `POST /api/v1/execution/{id}` with the already-serialised result, so
+    /// that a retry sends exactly the same bytes.
+    pub fn send_result(&self, id: &ExecutionId, body: &[u8]) -> Result<u16, ApiError> {
+        let resp = self.post_signed(&self.agent, &paths::result(id.as_str()), body)?;
+        Ok(resp.status())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn post_signed(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        body: &[u8],
+    ) -> Result<ureq::Response, ApiError> {
+        let signature = self.identity.signer.sign_hex(body)?;
+        let req = agent
+            .post(&self.url(path))
+            .set("Content-Type", "application/json")
+            .set(SIGNATURE_HEADER, &signature);
+        finish(req.send_bytes(body))
+    }
+}
+
+/// Maps ureq's result: non-2xx answers become `ApiError::Status` with a short
+/// excerpt of the body (servers put the reason there).
+fn finish(result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, ApiError> {
+    match result {
+        Ok(resp) if (200..300).contains(&resp.status()) => Ok(resp),
+        Ok(resp) => Err(status_error(resp)),
+        Err(ureq::Error::Status(_, resp)) => Err(status_error(resp)),
+        Err(ureq::Error::Transport(t)) => Err(ApiError::Transport(t.to_string())),
+    }
+}
+
+fn status_error(resp: ureq::Response) -> ApiError {
+    let code = resp.status();
+    let mut excerpt = Vec::new();
+    let _ = resp.into_reader().take(300).read_to_end(&mut excerpt);
+    let body = String::from_utf8_lossy(&excerpt)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect::<String>();
+    ApiError::Status {
+        code,
+        body: body.trim().to_string(),
+    }
+}
+
+fn read_json<T: DeserializeOwned>(resp: ureq::Response) -> Result<T, ApiError> {
+    let reader = BufReader::new(resp.into_reader().take(MAX_SMALL_BODY));
+    serde_json::from_reader(reader).map_err(|e| ApiError::Decode(e.to_string()))
+}

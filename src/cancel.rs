@@ -1,0 +1,197 @@
+//! The stop watcher: one thread for every running execution. It asks the API
+//! for each execution's status every 2 s (PROTOCOL.md §7), enforces
+//! `execution.timeout_secs`, and stops executions when the runner shuts down.
+//! Stopping is one mechanism for every reason: SIGTERM to the executor's
+//! process group, then SIGKILL after `kill_grace`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process_group, Pid, Signal};
+
+use crate::api::Api;
+use crate::ids::ExecutionId;
+use crate::protocol::COMPLETION_CANCEL;
+
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_millis(200);
+
+/// Why an executor was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The server's `completion_status` said `cancel`.
+    Cancelled,
+    /// `execution.timeout_secs` passed.
+    TimedOut(Duration),
+    /// The runner is shutting down and the grace period ran out.
+    Shutdown,
+}
+
+struct Entry {
+    pgid: Pid,
+    deadline: Option<(Instant, Duration)>,
+    next_status: Instant,
+    stop: Option<(StopReason, Instant, bool)>,
+}
+
+#[derive(Clone)]
+pub struct Watcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    entries: Mutex<HashMap<ExecutionId, Entry>>,
+    wake: Condvar,
+    kill_grace: Duration,
+}
+
+impl Watcher {
+    pub fn start(api: Arc<Api>, kill_grace: Duration) -> Self {
+        let shared = Arc::new(Shared {
+            entries: Mutex::new(HashMap::new()),
+            wake: Condvar::new(),
+            kill_grace,
+        });
+        let s = shared.clone();
+        let spawned = thread::Builder::new()
+            .name("stop-watcher".into())
+            .spawn(move || watch(&s, &api));
+        if let Err(e) = spawned {
+            log::error!("cannot start the stop watcher thread: {e}; cancel and timeouts are off");
+        }
+        Self { shared }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Entry>> {
+        self.shared
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts watching a spawned executor (`pid` leads its own process group).
+    pub fn register(&self, id: &ExecutionId, pid: u32, timeout: Option<Duration>) {
+        let Some(pgid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+            return;
+        };
+        let now = Instant::now();
+        self.lock().insert(
+            id.clone(),
+            Entry {
+                pgid,
+                deadline: timeout.map(|t| (now + t, t)),
+                next_status: now + STATUS_INTERVAL,
+                stop: None,
+            },
+        );
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops watching; call after the executor exited but BEFORE it is reaped,
+    /// so its process group id cannot have been reused. Returns why it was
+    /// stopped, if it was.
+    pub fn deregister(&self, id: &ExecutionId) -> Option<StopReason> {
+        self.lock()
+            .remove(id)
+            .and_then(|e| e.stop.map(|(reason, _, _)| reason))
+    }
+
+    /// Stops every running execution (shutdown grace over, or a second signal).
+    pub fn stop_all(&self, reason: StopReason) {
+        let mut entries = self.lock();
+        for (id, e) in entries.iter_mut() {
+            begin_stop(id, e, reason);
+        }
+        self.shared.wake.notify_one();
+    }
+
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+fn begin_stop(id: &ExecutionId, e: &mut Entry, reason: StopReason) {
+    if e.stop.is_some() {
+        return;
+    }
+    log::info!("execution {id}: stopping executor ({reason:?}): SIGTERM to its process group");
+    signal_group(e.pgid, Signal::Term);
+    e.stop = Some((reason, Instant::now(), false));
+}
+
+fn signal_group(pgid: Pid, signal: Signal) {
+    if let Err(e) = kill_process_group(pgid, signal) {
+        if e != rustix::io::Errno::SRCH {
+            log::warn!("signalling process group {}: {e}", pgid.as_raw_nonzero());
+        }
+    }
+}
+
+/// Kills whatever is left in a finished executor's process group (grandchildren
+/// it left behind), so they cannot hold its output pipes open forever.
+pub fn kill_leftovers(pid: u32) {
+    if let Some(pgid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process_group(pgid, Signal::Kill);
+    }
+}
+
+fn watch(shared: &Shared, api: &Api) {
+    let mut entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if entries.is_empty() {
+            // Idle: no timers to run, sleep until an execution starts.
+            entries = match shared.wake.wait(entries) {
+                Ok(g) => g,
+                Err(e) => e.into_inner(),
+            };
+            continue;
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (id, e) in entries.iter_mut() {
+            if let Some((at, limit)) = e.deadline {
+                if now >= at {
+                    begin_stop(id, e, StopReason::TimedOut(limit));
+                }
+            }
+            if let Some((_, term_at, killed)) = &mut e.stop {
+                if !*killed && now >= *term_at + shared.kill_grace {
+                    log::warn!("execution {id}: still running {} s after SIGTERM; SIGKILL to its process group", shared.kill_grace.as_secs());
+                    signal_group(e.pgid, Signal::Kill);
+                    *killed = true;
+                }
+            } else if now >= e.next_status {
+                e.next_status = now + STATUS_INTERVAL;
+                due.push(id.clone());
+            }
+        }
+        if !due.is_empty() {
+            drop(entries);
+            let mut cancelled = Vec::new();
+            for id in due {
+                match api.status(&id, STATUS_TIMEOUT) {
+                    Ok(s) if s.completion_status.as_deref() == Some(COMPLETION_CANCEL) => {
+                        cancelled.push(id)
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::debug!("execution {id}: status check failed: {e}"),
+                }
+            }
+            entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for id in cancelled {
+                if let Some(e) = entries.get_mut(&id) {
+                    log::info!("execution {id}: the server asked to cancel it");
+                    begin_stop(&id, e, StopReason::Cancelled);
+                }
+            }
+            continue;
+        }
+        entries = match shared.wake.wait_timeout(entries, TICK) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        };
+    }
+}

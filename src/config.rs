@@ -1,0 +1,853 @@
+//! Configuration: `config.json` (Go runner layout) overlaid by environment
+//! variables, parsed once into a typed, validated [`Config`].
+//!
+//! Precedence for every key: `FLOMATION_*` variable, then the Docker `RUNNER_*`
+//! / `EXECUTOR_*` name (if it has one), then the file, then the default.
+//! An empty variable counts as unset (Docker's `-e NAME=` is a common slip).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub const DEFAULT_CONFIG_FILE: &str = "config.json";
+pub const DEFAULT_NAME: &str = "Flo Runner";
+pub const DEFAULT_CERTIFICATE: &str = "flomation-runner.pem";
+pub const DEFAULT_EXECUTABLE: &str = "flomation-executor";
+pub const DEFAULT_EXECUTION_DIRECTORY: &str = "./executions";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {why}")]
+    NotJson { path: PathBuf, why: String },
+    #[error("{origin}: {key}: {why}")]
+    Invalid {
+        origin: String,
+        key: String,
+        why: String,
+    },
+    #[error("{key} is not set: put it in {path} or set {env}")]
+    Missing {
+        key: &'static str,
+        path: PathBuf,
+        env: &'static str,
+    },
+}
+
+/// How registration is retried (PROTOCOL.md §3, flo-runner goes further).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryStrategy {
+    /// 8 s, doubling, until `max_duration` has passed; then give up.
+    Exponential,
+    /// Every `interval`, forever.
+    Interval,
+    /// One attempt.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationRetry {
+    pub strategy: RetryStrategy,
+    pub interval: Duration,
+    pub max_duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// API base URL, without a trailing slash.
+    pub url: String,
+    pub registration_code: String,
+    pub name: String,
+    pub checkin_timeout: Duration,
+    pub certificate: PathBuf,
+    pub registration_retry: RegistrationRetry,
+    pub shutdown_grace: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecutionConfig {
+    pub max_concurrent_executors: usize,
+    pub state_directory: PathBuf,
+    pub execution_directory: PathBuf,
+    /// `executable_name` as configured.
+    pub executable_name: String,
+    /// The program (first word of `executable_name`) ...
+    pub program: PathBuf,
+    /// ... and the leading arguments (the other words).
+    pub leading_args: Vec<String>,
+    /// `None` = no limit.
+    pub timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    pub max_log_bytes: usize,
+    pub log_batch_lines: usize,
+    pub log_flush: Duration,
+    pub max_output_file_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub ca_cert: String,
+    pub cert: String,
+    pub key: String,
+    pub api_url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file that was read, if one was.
+    pub source: Option<PathBuf>,
+    pub runner: RunnerConfig,
+    pub execution: ExecutionConfig,
+    pub tls: TlsConfig,
+}
+
+impl Config {
+    /// The URL executors are told to call (`tls.api_url` when mTLS is on).
+    pub fn executor_api_url(&self) -> &str {
+        if self.tls.enabled && !self.tls.api_url.is_empty() {
+            &self.tls.api_url
+        } else {
+            &self.runner.url
+        }
+    }
+}
+
+/// Keys the Go runner's Docker entrypoint writes; accepted without a warning.
+const SILENT_KEYS: &[&str] = &[
+    "execution.execution_install_dir",
+    "execution.execution_module_dir",
+    "execution.download_on_start",
+];
+
+/// Every key we know: (section, key).
+const KNOWN_KEYS: &[(&str, &str)] = &[
+    ("runner", "url"),
+    ("runner", "registration_code"),
+    ("runner", "name"),
+    ("runner", "checkin_timeout"),
+    ("runner", "certificate"),
+    ("runner", "registration_retry"),
+    ("runner", "shutdown_grace_secs"),
+    ("runner", "metrics_listen"),
+    ("execution", "max_concurrent_executors"),
+    ("execution", "state_directory"),
+    ("execution", "execution_directory"),
+    ("execution", "executable_name"),
+    ("execution", "timeout_secs"),
+    ("execution", "kill_grace_secs"),
+    ("execution", "max_log_bytes"),
+    ("execution", "log_batch_lines"),
+    ("execution", "log_flush_ms"),
+    ("execution", "max_output_file_bytes"),
+    ("tls", "enabled"),
+    ("tls", "ca_cert"),
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("tls", "api_url"),
+];
+const RETRY_KEYS: &[&str] = &["strategy", "interval_secs", "max_duration_secs"];
+
+/// Loads the configuration. `explicit` says the path came from `--config`, in
+/// which case a missing file is an error; the default `./config.json` may be
+/// absent when the environment supplies the url and registration code.
+/// Returns the config and the warnings to log (unknown keys).
+pub fn load(
+    path: &Path,
+    explicit: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let file = match std::fs::read(path) {
+        Ok(bytes) => {
+            Some(
+                serde_json::from_slice::<Value>(&bytes).map_err(|e| ConfigError::NotJson {
+                    path: path.to_path_buf(),
+                    why: e.to_string(),
+                })?,
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let src = Source {
+        path,
+        root: file.as_ref(),
+        env: &|name: &str| env(name).filter(|v| !v.trim().is_empty()),
+    };
+    let warnings = src.unknown_keys()?;
+    let config = build(&src, file.is_some())?;
+    Ok((config, warnings))
+}
+
+fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
+    let url = src
+        .string("runner", "url", &["FLOMATION_API", "RUNNER_URL"])?
+        .ok_or(ConfigError::Missing {
+            key: "runner.url",
+            path: src.path.to_path_buf(),
+            env: "FLOMATION_API",
+        })?;
+    let url = validate_url(src, "runner.url", &url)?;
+    let registration_code = src
+        .string(
+            "runner",
+            "registration_code",
+            &["FLOMATION_REGISTRATION_CODE", "RUNNER_REGISTRATION_CODE"],
+        )?
+        .filter(|c| !c.is_empty())
+        .ok_or(ConfigError::Missing {
+            key: "runner.registration_code",
+            path: src.path.to_path_buf(),
+            env: "FLOMATION_REGISTRATION_CODE",
+        })?;
+    let name = src
+        .string("runner", "name", &["FLOMATION_RUNNER_NAME", "RUNNER_NAME"])?
+        .unwrap_or_else(|| DEFAULT_NAME.to_string());
+    let checkin = src
+        .uint(
+            "runner",
+            "checkin_timeout",
+            &["FLOMATION_RUNNER_CHECKIN_TIMEOUT", "RUNNER_CHECKIN_TIMEOUT"],
+        )?
+        .unwrap_or(5);
+    let certificate = src
+        .string(
+            "runner",
+            "certificate",
+            &["FLOMATION_RUNNER_CERTIFICATE_PATH"],
+        )?
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| DEFAULT_CERTIFICATE.to_string());
+    let registration_retry = retry(src)?;
+    let shutdown_grace = src
+        .uint(
+            "runner",
+            "shutdown_grace_secs",
+            &["FLOMATION_RUNNER_SHUTDOWN_GRACE_SECS"],
+        )?
+        .unwrap_or(30);
+    let metrics_listen = match src.nullable_string(
+        "runner",
+        "metrics_listen",
+        &["FLOMATION_RUNNER_METRICS_LISTEN"],
+    )? {
+        None => None,
+        Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+            src.invalid(
+                "runner.metrics_listen",
+                format!("{addr:?} is not a host:port socket address ({e})"),
+            )
+        })?),
+    };
+
+    // Go semantics: below 1 means 1.
+    let max_concurrent = src
+        .int(
+            "execution",
+            "max_concurrent_executors",
+            &["FLOMATION_RUNNER_MAX_EXECUTORS", "EXECUTOR_MAX_CONCURRENT"],
+        )?
+        .unwrap_or(1)
+        .max(1);
+    let max_concurrent = usize::try_from(max_concurrent)
+        .unwrap_or(usize::MAX)
+        .min(1024);
+    let state_directory = src
+        .string(
+            "execution",
+            "state_directory",
+            &["FLOMATION_RUNNER_STATE_DIRECTORY"],
+        )?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "./".to_string());
+    let execution_directory = src
+        .string(
+            "execution",
+            "execution_directory",
+            &["FLOMATION_RUNNER_EXECUTION_DIRECTORY", "EXECUTOR_DIRECTORY"],
+        )?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_EXECUTION_DIRECTORY.to_string());
+    let executable_name = src
+        .string(
+            "execution",
+            "executable_name",
+            &["FLOMATION_RUNNER_EXECUTABLE_NAME"],
+        )?
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_EXECUTABLE.to_string());
+    let mut words = executable_name.split(' ').filter(|w| !w.is_empty());
+    let program = words.next().unwrap_or(DEFAULT_EXECUTABLE);
+    let leading_args = words.map(str::to_string).collect();
+    let timeout_secs = src
+        .uint(
+            "execution",
+            "timeout_secs",
+            &["FLOMATION_RUNNER_TIMEOUT_SECS"],
+        )?
+        .unwrap_or(0);
+    let kill_grace = src
+        .uint(
+            "execution",
+            "kill_grace_secs",
+            &["FLOMATION_RUNNER_KILL_GRACE_SECS"],
+        )?
+        .unwrap_or(10);
+    let max_log_bytes = src
+        .uint(
+            "execution",
+            "max_log_bytes",
+            &["FLOMATION_RUNNER_MAX_LOG_BYTES"],
+        )?
+        .unwrap_or(1_048_576);
+    let log_batch_lines = src
+        .uint(
+            "execution",
+            "log_batch_lines",
+            &["FLOMATION_RUNNER_LOG_BATCH_LINES"],
+        )?
+        .unwrap_or(200);
+    if log_batch_lines == 0 {
+        return Err(src.invalid("execution.log_batch_lines", "must be at least 1".into()));
+    }
+    let log_flush_ms = src
+        .uint(
+            "execution",
+            "log_flush_ms",
+            &["FLOMATION_RUNNER_LOG_FLUSH_MS"],
+        )?
+        .unwrap_or(500);
+    if log_flush_ms == 0 {
+        return Err(src.invalid("execution.log_flush_ms", "must be at least 1".into()));
+    }
+    let max_output_file_bytes = src
+        .uint(
+            "execution",
+            "max_output_file_bytes",
+            &["FLOMATION_RUNNER_MAX_OUTPUT_FILE_BYTES"],
+        )?
+        .unwrap_or(104_857_600);
+
+    let tls = TlsConfig {
+        enabled: src
+            .boolean("tls", "enabled", &["MTLS_ENABLED"])?
+            .unwrap_or(false),
+        ca_cert: src
+            .string("tls", "ca_cert", &["MTLS_CA_CERT"])?
+            .unwrap_or_default(),
+        cert: src
+            .string("tls", "cert", &["MTLS_CERT"])?
+            .unwrap_or_default(),
+        key: src.string("tls", "key", &["MTLS_KEY"])?.unwrap_or_default(),
+        api_url: src
+            .string("tls", "api_url", &["MTLS_API_URL"])?
+            .unwrap_or_default(),
+    };
+    if tls.enabled && !tls.api_url.is_empty() {
+        validate_url(src, "tls.api_url", &tls.api_url)?;
+    }
+
+    Ok(Config {
+        source: have_file.then(|| src.path.to_path_buf()),
+        runner: RunnerConfig {
+            url,
+            registration_code,
+            name,
+            checkin_timeout: Duration::from_secs(checkin),
+            certificate: PathBuf::from(certificate),
+            registration_retry,
+            shutdown_grace: Duration::from_secs(shutdown_grace),
+            metrics_listen,
+        },
+        execution: ExecutionConfig {
+            max_concurrent_executors: max_concurrent,
+            state_directory: PathBuf::from(state_directory),
+            execution_directory: PathBuf::from(execution_directory),
+            program: resolve_program(program),
+            leading_args,
+            executable_name,
+            timeout: (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs)),
+            kill_grace: Duration::from_secs(kill_grace),
+            max_log_bytes: usize::try_from(max_log_bytes).unwrap_or(usize::MAX),
+            log_batch_lines: usize::try_from(log_batch_lines).unwrap_or(usize::MAX),
+            log_flush: Duration::from_millis(log_flush_ms),
+            max_output_file_bytes,
+        },
+        tls,
+    })
+}
+
+/// A program given as a relative path with a slash is taken relative to the
+/// runner's working directory (the executor itself runs elsewhere); a bare
+/// name is looked up in `PATH` as usual.
+fn resolve_program(program: &str) -> PathBuf {
+    let p = PathBuf::from(program);
+    if p.is_relative() && program.contains('/') {
+        if let Ok(cwd) = std::env::current_dir() {
+            return cwd.join(p);
+        }
+    }
+    p
+}
+
+fn validate_url(src: &Source, key: &str, url: &str) -> Result<String, ConfigError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+            Ok(trimmed.to_string())
+        }
+        _ => Err(src.invalid(key, format!("{url:?} is not an http:// or https:// URL"))),
+    }
+}
+
+fn retry(src: &Source) -> Result<RegistrationRetry, ConfigError> {
+    let obj = match src.field("runner", "registration_retry") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(other) => {
+            return Err(src.file_invalid(
+                "runner.registration_retry",
+                format!("expected an object, found {}", kind(other)),
+            ))
+        }
+    };
+    let sub = |k: &str| obj.and_then(|m| m.get(k)).filter(|v| !v.is_null());
+    let env = |name: &str| (src.env)(name);
+
+    let strategy = match env("FLOMATION_RUNNER_REGISTRATION_RETRY_STRATEGY") {
+        Some(v) => parse_strategy(&v).ok_or_else(|| {
+            src.env_invalid(
+                "FLOMATION_RUNNER_REGISTRATION_RETRY_STRATEGY",
+                format!("{v:?} is not one of exponential, interval, none"),
+            )
+        })?,
+        None => match sub("strategy") {
+            None => RetryStrategy::Exponential,
+            Some(Value::String(s)) => parse_strategy(s).ok_or_else(|| {
+                src.file_invalid(
+                    "runner.registration_retry.strategy",
+                    format!("{s:?} is not one of exponential, interval, none"),
+                )
+            })?,
+            Some(other) => {
+                return Err(src.file_invalid(
+                    "runner.registration_retry.strategy",
+                    format!("expected a string, found {}", kind(other)),
+                ))
+            }
+        },
+    };
+    let number = |key: &str, env_name: &str, default: u64| -> Result<u64, ConfigError> {
+        if let Some(v) = env(env_name) {
+            return v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| src.env_invalid(env_name, format!("{v:?} is not a whole number")));
+        }
+        match sub(key) {
+            None => Ok(default),
+            Some(v) => as_uint(v).ok_or_else(|| {
+                src.file_invalid(
+                    &format!("runner.registration_retry.{key}"),
+                    format!("expected a whole number, found {}", describe(v)),
+                )
+            }),
+        }
+    };
+    let interval = number(
+        "interval_secs",
+        "FLOMATION_RUNNER_REGISTRATION_RETRY_INTERVAL_SECS",
+        60,
+    )?;
+    if interval == 0 {
+        return Err(src.invalid(
+            "runner.registration_retry.interval_secs",
+            "must be at least 1".into(),
+        ));
+    }
+    let max_duration = number(
+        "max_duration_secs",
+        "FLOMATION_RUNNER_REGISTRATION_RETRY_MAX_DURATION_SECS",
+        900,
+    )?;
+    Ok(RegistrationRetry {
+        strategy,
+        interval: Duration::from_secs(interval),
+        max_duration: Duration::from_secs(max_duration),
+    })
+}
+
+fn parse_strategy(s: &str) -> Option<RetryStrategy> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "exponential" => Some(RetryStrategy::Exponential),
+        "interval" => Some(RetryStrategy::Interval),
+        "none" => Some(RetryStrategy::None),
+        _ => None,
+    }
+}
+
+/// The config file plus the environment, with typed accessors whose errors
+/// name where the bad value came from.
+struct Source<'a> {
+    path: &'a Path,
+    root: Option<&'a Value>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Source<'_> {
+    fn field(&self, section: &str, key: &str) -> Option<&Value> {
+        self.root?.get(section)?.get(key)
+    }
+
+    fn file_invalid(&self, key: &str, why: String) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.path.display().to_string(),
+            key: key.to_string(),
+            why,
+        }
+    }
+
+    fn env_invalid(&self, var: &str, why: String) -> ConfigError {
+        ConfigError::Invalid {
+            origin: "environment".to_string(),
+            key: var.to_string(),
+            why,
+        }
+    }
+
+    /// A semantic error on a value that may have come from either place.
+    fn invalid(&self, key: &str, why: String) -> ConfigError {
+        self.file_invalid(key, why)
+    }
+
+    fn env_value(&self, vars: &[&str]) -> Option<(String, String)> {
+        vars.iter()
+            .find_map(|v| (self.env)(v).map(|val| (v.to_string(), val)))
+    }
+
+    /// Null in the file counts as absent (Go's `*string` fields are nullable).
+    fn file_value(&self, section: &str, key: &str) -> Option<&Value> {
+        self.field(section, key).filter(|v| !v.is_null())
+    }
+
+    fn string(
+        &self,
+        section: &str,
+        key: &str,
+        vars: &[&str],
+    ) -> Result<Option<String>, ConfigError> {
+        if let Some((_, v)) = self.env_value(vars) {
+            return Ok(Some(v));
+        }
+        match self.file_value(section, key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(self.file_invalid(
+                &format!("{section}.{key}"),
+                format!("expected a string, found {}", describe(other)),
+            )),
+        }
+    }
+
+    fn nullable_string(
+        &self,
+        section: &str,
+        key: &str,
+        vars: &[&str],
+    ) -> Result<Option<String>, ConfigError> {
+        Ok(self.string(section, key, vars)?.filter(|s| !s.is_empty()))
+    }
+
+    fn int(&self, section: &str, key: &str, vars: &[&str]) -> Result<Option<i64>, ConfigError> {
+        if let Some((var, v)) = self.env_value(vars) {
+            return v
+                .trim()
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| self.env_invalid(&var, format!("{v:?} is not a whole number")));
+        }
+        match self.file_value(section, key) {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                self.file_invalid(
+                    &format!("{section}.{key}"),
+                    format!("expected a whole number, found {}", describe(v)),
+                )
+            }),
+        }
+    }
+
+    fn uint(&self, section: &str, key: &str, vars: &[&str]) -> Result<Option<u64>, ConfigError> {
+        if let Some((var, v)) = self.env_value(vars) {
+            return v.trim().parse::<u64>().map(Some).map_err(|_| {
+                self.env_invalid(&var, format!("{v:?} is not a non-negative whole number"))
+            });
+        }
+        match self.file_value(section, key) {
+            None => Ok(None),
+            Some(v) => as_uint(v).map(Some).ok_or_else(|| {
+                self.file_invalid(
+                    &format!("{section}.{key}"),
+                    format!(
+                        "expected a non-negative whole number, found {}",
+                        describe(v)
+                    ),
+                )
+            }),
+        }
+    }
+
+    fn boolean(
+        &self,
+        section: &str,
+        key: &str,
+        vars: &[&str],
+    ) -> Result<Option<bool>, ConfigError> {
+        if let Some((var, v)) = self.env_value(vars) {
+            return match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(Some(true)),
+                "0" | "false" | "no" | "off" => Ok(Some(false)),
+                _ => Err(self.env_invalid(&var, format!("{v:?} is not true or false"))),
+            };
+        }
+        match self.file_value(section, key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.file_invalid(
+                &format!("{section}.{key}"),
+                format!("expected true or false, found {}", describe(other)),
+            )),
+        }
+    }
+
+    /// Warnings for keys we do not know; errors for sections of the wrong type.
+    fn unknown_keys(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let Some(root) = self.root else {
+            return Ok(warnings);
+        };
+        let Value::Object(root) = root else {
+            return Err(self.file_invalid(
+                "(top level)",
+                format!("expected an object, found {}", kind(root)),
+            ));
+        };
+        for (section, value) in root {
+            if !matches!(section.as_str(), "runner" | "execution" | "tls") {
+                warnings.push(self.unknown(section));
+                continue;
+            }
+            let map: &Map<String, Value> = match value {
+                Value::Object(m) => m,
+                Value::Null if section == "tls" => continue,
+                other => {
+                    return Err(self.file_invalid(
+                        section,
+                        format!("expected an object, found {}", kind(other)),
+                    ))
+                }
+            };
+            for (key, v) in map {
+                let dotted = format!("{section}.{key}");
+                if KNOWN_KEYS.contains(&(section.as_str(), key.as_str())) {
+                    if dotted == "runner.registration_retry" {
+                        if let Value::Object(r) = v {
+                            for k in r.keys().filter(|k| !RETRY_KEYS.contains(&k.as_str())) {
+                                warnings.push(self.unknown(&format!("{dotted}.{k}")));
+                            }
+                        }
+                    }
+                } else if !SILENT_KEYS.contains(&dotted.as_str()) {
+                    warnings.push(self.unknown(&dotted));
+                }
+            }
+        }
+        Ok(warnings)
+    }
+
+    fn unknown(&self, key: &str) -> String {
+        format!("{}: unknown key {key:?} ignored", self.path.display())
+    }
+}
+
+fn as_uint(v: &Value) -> Option<u64> {
+    v.as_u64()
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn describe(v: &Value) -> String {
+    let mut text = v.to_string();
+    if text.len() > 60 {
+        text.truncate(57);
+        text.push_str("...");
+    }
+    format!("{} {text}", kind(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load_with(json: &str, vars: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json).unwrap();
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(&path, true, &|k| vars.get(k).cloned())
+    }
+
+    const MIN: &str = r#"{"runner":{"url":"http://api/","registration_code":"c"}}"#;
+
+    #[test]
+    fn defaults_match_the_go_runner() {
+        let (c, w) = load_with(MIN, &[]).unwrap();
+        assert!(w.is_empty());
+        assert_eq!(c.runner.url, "http://api");
+        assert_eq!(c.runner.name, "Flo Runner");
+        assert_eq!(c.runner.checkin_timeout, Duration::from_secs(5));
+        assert_eq!(c.runner.certificate, PathBuf::from("flomation-runner.pem"));
+        assert_eq!(c.execution.state_directory, PathBuf::from("./"));
+        assert_eq!(c.execution.max_concurrent_executors, 1);
+        assert_eq!(c.execution.program, PathBuf::from("flomation-executor"));
+        assert_eq!(
+            c.runner.registration_retry.strategy,
+            RetryStrategy::Exponential
+        );
+        assert_eq!(
+            c.runner.registration_retry.interval,
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            c.runner.registration_retry.max_duration,
+            Duration::from_secs(900)
+        );
+        assert_eq!(c.runner.shutdown_grace, Duration::from_secs(30));
+        assert!(c.runner.metrics_listen.is_none());
+        assert!(c.execution.timeout.is_none());
+        assert_eq!(c.execution.kill_grace, Duration::from_secs(10));
+        assert_eq!(c.execution.max_log_bytes, 1_048_576);
+        assert_eq!(c.execution.log_batch_lines, 200);
+        assert_eq!(c.execution.log_flush, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn env_beats_file_and_flomation_beats_docker_names() {
+        let (c, _) = load_with(
+            r#"{"runner":{"url":"http://file","registration_code":"c","name":"file"},
+                "execution":{"max_concurrent_executors":0,"executable_name":"python3 -u exec.py"}}"#,
+            &[
+                ("RUNNER_URL", "http://docker"),
+                ("FLOMATION_API", "https://env"),
+                ("RUNNER_NAME", "docker-name"),
+                ("EXECUTOR_MAX_CONCURRENT", "4"),
+                ("FLOMATION_RUNNER_TIMEOUT_SECS", "7"),
+                ("FLOMATION_RUNNER_REGISTRATION_RETRY_STRATEGY", "none"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.runner.url, "https://env");
+        assert_eq!(c.runner.name, "docker-name");
+        assert_eq!(c.execution.max_concurrent_executors, 4);
+        assert_eq!(c.execution.timeout, Some(Duration::from_secs(7)));
+        assert_eq!(c.runner.registration_retry.strategy, RetryStrategy::None);
+        assert_eq!(c.execution.program, PathBuf::from("python3"));
+        assert_eq!(c.execution.leading_args, vec!["-u", "exec.py"]);
+    }
+
+    #[test]
+    fn below_one_executor_means_one() {
+        let (c, _) = load_with(MIN, &[("FLOMATION_RUNNER_MAX_EXECUTORS", "-3")]).unwrap();
+        assert_eq!(c.execution.max_concurrent_executors, 1);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c","checkin_timeout":"5"}}"#,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("config.json") && e.contains("runner.checkin_timeout"),
+            "{e}"
+        );
+        let e = load_with("{nope", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("not valid JSON"),
+            "{e}"
+        );
+        let e = load_with(r#"{"runner":{"url":"http://a"}}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("runner.registration_code"), "{e}");
+        let e = load_with(MIN, &[("FLOMATION_RUNNER_LOG_FLUSH_MS", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLOMATION_RUNNER_LOG_FLUSH_MS"), "{e}");
+        let e = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c","registration_retry":{"strategy":"sometimes"}}}"#,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("runner.registration_retry.strategy"), "{e}");
+    }
+
+    #[test]
+    fn entrypoint_keys_are_silent_and_others_warn() {
+        let (_, w) = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c","colour":"blue"},
+                "execution":{"execution_install_dir":"/x","execution_module_dir":"/y","download_on_start":true},
+                "extra":1}"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("colour") || w[1].contains("colour"));
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_with_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let env = |k: &str| match k {
+            "RUNNER_URL" => Some("http://x".to_string()),
+            "RUNNER_REGISTRATION_CODE" => Some("code".to_string()),
+            _ => None,
+        };
+        let (c, _) = load(&path, false, &env).unwrap();
+        assert_eq!(c.runner.url, "http://x");
+        assert!(c.source.is_none());
+        assert!(load(&path, true, &env).is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! The executor subprocess (PROTOCOL.md §7): discovery at start-up, the exact
+//! argument list, and one supervised run per execution.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cancel::{self, StopReason, Watcher};
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::workspace::{Job, Workspace, CONTEXT_FILE, FLOW_FILE, TRIGGER_FILE};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for output pipes to close after the executor exited and
+/// its leftovers were killed (a grandchild that escaped the group may hold them).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("executor {program:?} cannot run `{args}`: {why} (check execution.executable_name)")]
+    Run {
+        program: String,
+        args: String,
+        why: String,
+    },
+    #[error("executor {program:?} wrote no usable {path}: {why}")]
+    Manifest {
+        program: String,
+        path: String,
+        why: String,
+    },
+}
+
+/// What the executor says about itself, sent at registration.
+pub struct Discovery {
+    /// Its stdout of `--version`, exactly as printed.
+    pub version: String,
+    pub manifest: Value,
+}
+
+fn command(config: &Config) -> Command {
+    let mut cmd = Command::new(&config.execution.program);
+    cmd.args(&config.execution.leading_args);
+    cmd
+}
+
+/// Runs `<executor> --version` and `<executor> --manifest manifest.json` in
+/// the execution directory. Either failing fails start-up.
+pub fn discover(config: &Config) -> Result<Discovery, DiscoveryError> {
+    let dir = &config.execution.execution_directory;
+    let program = config.execution.executable_name.clone();
+    let run = |args: &[&str]| -> Result<Vec<u8>, DiscoveryError> {
+        let fail = |why: String| DiscoveryError::Run {
+            program: program.clone(),
+            args: args.join(" "),
+            why,
+        };
+        let mut cmd = command(config);
+        cmd.args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (status, stdout, stderr) =
+            run_bounded(cmd, DISCOVERY_TIMEOUT).map_err(|e| fail(e.to_string()))?;
+        if !status.success() {
+            let stderr = String::from_utf8_lossy(&stderr);
+            let detail = stderr.trim().lines().last().unwrap_or("").to_string();
+            return Err(fail(format!("{status} {detail}").trim().to_string()));
+        }
+        Ok(stdout)
+    };
+    let version = String::from_utf8_lossy(&run(&["--version"])?).into_owned();
+    run(&["--manifest", MANIFEST_FILE])?;
+    let path = dir.join(MANIFEST_FILE);
+    let manifest_err = |why: String| DiscoveryError::Manifest {
+        program: program.clone(),
+        path: path.display().to_string(),
+        why,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| manifest_err(e.to_string()))?;
+    let manifest = serde_json::from_slice(&bytes).map_err(|e| manifest_err(e.to_string()))?;
+    Ok(Discovery { version, manifest })
+}
+
+/// Runs a short command with a deadline, collecting (bounded) output.
+fn run_bounded(mut cmd: Command, limit: Duration) -> io::Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
+    cmd.process_group(0);
+    let mut child = cmd.spawn()?;
+    let out = child.stdout.take().map(|s| collect(s, 1 << 20));
+    let err = child.stderr.take().map(|s| collect(s, 64 << 10));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            cancel::kill_leftovers(child.id());
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("did not finish within {} s", limit.as_secs()),
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    cancel::kill_leftovers(child.id());
+    let join =
+        |h: Option<thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    Ok((status, join(out), join(err)))
+}
+
+fn collect<R: Read + Send + 'static>(source: R, cap: u64) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut limited = source.take(cap);
+        let _ = limited.read_to_end(&mut buf);
+        // Keep draining so the child never blocks on a full pipe.
+        let _ = io::copy(&mut limited.into_inner(), &mut io::sink());
+        buf
+    })
+}
+
+/// The executor's arguments, in the order of PROTOCOL.md §7 (after the
+/// leading words of `executable_name`).
+pub fn arguments(config: &Config, identity: &Identity, job: &Job, ws: &Workspace) -> Vec<OsString> {
+    let e = &job.pending.execution;
+    let mut args: Vec<OsString> = config
+        .execution
+        .leading_args
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let mut push = |a: &str, b: &str| {
+        args.push(a.into());
+        args.push(b.into());
+    };
+    push("--output", "json");
+    push("--path", FLOW_FILE);
+    push("--entry", e.entry_node_id.as_deref().unwrap_or(""));
+    push("--id", job.execution_id.as_str());
+    push("--flow", job.flo_id.as_str());
+    push("--api", &config.runner.url);
+    push("--runner", &config.runner.name);
+    if let Some(env) = &job.pending.flo.environment_id {
+        push("--environment", env);
+    }
+    if ws.trigger_data {
+        push("--trigger-data", TRIGGER_FILE);
+    }
+    if ws.context {
+        push("--context", CONTEXT_FILE);
+    }
+    args.push("--key".into());
+    args.push(identity.key_path.clone().into_os_string());
+    args
+}
+
+/// How a run ended.
+pub struct RunOutcome {
+    /// `Err` when the executor could not be started at all.
+    pub status: Result<ExitStatus, String>,
+    pub stopped: Option<StopReason>,
+}
+
+/// Starts the executor in its own process group and supervises it until it
+/// exits: every output line goes to `on_line` (from two reader threads), the
+/// watcher may stop it, and leftovers in its group are killed at the end.
+pub fn run(
+    config: &Config,
+    dir: &Path,
+    args: Vec<OsString>,
+    job: &Job,
+    watcher: &Watcher,
+    on_line: impl Fn(String) + Send + Sync + 'static,
+) -> RunOutcome {
+    let mut cmd = Command::new(&config.execution.program);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child: Child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return RunOutcome {
+                status: Err(format!(
+                    "cannot start executor {:?}: {e}",
+                    config.execution.executable_name
+                )),
+                stopped: None,
+            }
+        }
+    };
+    let pid = child.id();
+    watcher.register(&job.execution_id, pid, config.execution.timeout);
+
+    let on_line = std::sync::Arc::new(on_line);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(2);
+    let mut readers = 0;
+    for (name, pipe) in [
+        (
+            "stdout",
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            "stderr",
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let Some(pipe) = pipe else { continue };
+        let on_line = on_line.clone();
+        let done = done_tx.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("exec-{name}"))
+            .spawn(move || {
+                if let Err(e) = crate::output::read_lines(pipe, |l| on_line(l)) {
+                    log::warn!("reading executor {name}: {e}");
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => readers += 1,
+            Err(e) => log::error!("cannot start a reader thread for executor {name}: {e}"),
+        }
+    }
+    drop(done_tx);
+
+    // Wait for the exit without reaping, so the group id stays ours while the
+    // watcher might still signal it; then deregister, clean up, and reap.
+    wait_exited(pid);
+    let stopped = watcher.deregister(&job.execution_id);
+    cancel::kill_leftovers(pid);
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the executor failed: {e}"));
+
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    for _ in 0..readers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            log::warn!(
+                "execution {}: executor output still open {} s after it exited (a process outside its group holds it); not waiting",
+                job.execution_id,
+                DRAIN_TIMEOUT.as_secs()
+            );
+            break;
+        }
+    }
+    RunOutcome { status, stopped }
+}
+
+fn wait_exited(pid: u32) {
+    use rustix::process::{waitid, Pid, WaitId, WaitidOptions};
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    loop {
+        match waitid(
+            WaitId::Pid(pid),
+            WaitidOptions::EXITED | WaitidOptions::NOWAIT,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The log shipper: one thread that batches the output lines of every running
+//! execution into `POST /logs` requests (PROTOCOL.md §7). A batch goes out when
+//! it holds `log_batch_lines` lines or 256 KiB, or when its oldest line has
+//! waited `log_flush`. Failed batches are retried in order; while the API is
+//! down each execution's queue is bounded and drops its oldest lines.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::api::Api;
+use crate::backoff::Backoff;
+use crate::ids::ExecutionId;
+use crate::shutdown::Shutdown;
+
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Unsent lines kept per execution while the API is slow or down.
+pub const MAX_QUEUED_LINES: usize = 10_000;
+
+#[derive(Clone)]
+pub struct LogShipper {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queues: Mutex<HashMap<ExecutionId, Queue>>,
+    /// Wakes the sender: a batch filled, a queue started, or one is closing.
+    work: Condvar,
+    /// Wakes `finish` callers: a queue drained.
+    drained: Condvar,
+    batch_lines: usize,
+    flush: Duration,
+}
+
+struct Queue {
+    lines: VecDeque<String>,
+    bytes: usize,
+    dropped: u64,
+    oldest_at: Option<Instant>,
+    closing: bool,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    sending: bool,
+}
+
+impl Queue {
+    fn due(&self, now: Instant, batch_lines: usize, flush: Duration) -> Option<Instant> {
+        if self.sending || (self.lines.is_empty() && self.dropped == 0) {
+            return None;
+        }
+        if let Some(at) = self.retry_at {
+            return Some(at);
+        }
+        if self.closing || self.lines.len() >= batch_lines || self.bytes >= MAX_BATCH_BYTES {
+            return Some(now);
+        }
+        Some(self.oldest_at.map_or(now, |t| t + flush))
+    }
+}
+
+impl LogShipper {
+    pub fn start(api: Arc<Api>, batch_lines: usize, flush: Duration, shutdown: Shutdown) -> Self {
+        let shared = Arc::new(Shared {
+            queues: Mutex::new(HashMap::new()),
+            work: Condvar::new(),
+            drained: Condvar::new(),
+            batch_lines: batch_lines.max(1),
+            flush,
+        });
+        let s = shared.clone();
+        let spawned = thread::Builder::new()
+            .name("log-shipper".into())
+            .spawn(move || sender_loop(&s, &api, &shutdown));
+        if let Err(e) = spawned {
+            log::error!("cannot start the log shipper thread: {e}; logs will only be in results");
+        }
+        Self { shared }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Queue>> {
+        self.shared.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn open(&self, id: &ExecutionId) {
+        self.lock().insert(
+            id.clone(),
+            Queue {
+                lines: VecDeque::new(),
+                bytes: 0,
+                dropped: 0,
+                oldest_at: None,
+                closing: false,
+                retry_at: None,
+                backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+                sending: false,
+            },
+        );
+    }
+
+    pub fn push(&self, id: &ExecutionId, line: String) {
+        let mut queues = self.lock();
+        let Some(q) = queues.get_mut(id) else { return };
+        let was_empty = q.lines.is_empty();
+        if q.lines.len() >= MAX_QUEUED_LINES {
+            if let Some(old) = q.lines.pop_front() {
+                q.bytes -= old.len();
+                q.dropped += 1;
+            }
+        }
+        q.bytes += line.len();
+        q.lines.push_back(line);
+        if was_empty {
+            q.oldest_at = Some(Instant::now());
+        }
+        let full = q.lines.len() == self.shared.batch_lines || q.bytes >= MAX_BATCH_BYTES;
+        if was_empty || full {
+            self.shared.work.notify_one();
+        }
+    }
+
+    /// Sends what is left for `id` and forgets it. Waits at most `limit`;
+    /// lines still unsent then are given up (they are in the result anyway).
+    pub fn finish(&self, id: &ExecutionId, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut queues = self.lock();
+        if let Some(q) = queues.get_mut(id) {
+            q.closing = true;
+            self.shared.work.notify_one();
+        }
+        loop {
+            let done = match queues.get(id) {
+                None => true,
+                Some(q) => q.lines.is_empty() && q.dropped == 0 && !q.sending,
+            };
+            let now = Instant::now();
+            if done || now >= deadline {
+                if let Some(q) = queues.remove(id) {
+                    if !q.lines.is_empty() {
+                        log::warn!(
+                            "execution {id}: {} log lines could not be streamed; they are in the result",
+                            q.lines.len()
+                        );
+                    }
+                }
+                return;
+            }
+            queues = match self.shared.drained.wait_timeout(queues, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
+    let mut queues = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let now = Instant::now();
+        let mut next: Option<(Instant, ExecutionId)> = None;
+        for (id, q) in queues.iter() {
+            if let Some(at) = q.due(now, shared.batch_lines, shared.flush) {
+                if next.as_ref().map_or(true, |(t, _)| at < *t) {
+                    next = Some((at, id.clone()));
+                }
+            }
+        }
+        let id = match next {
+            Some((at, id)) if at <= now => id,
+            other => {
+                // Idle: sleep until the next batch is due, or until woken.
+                let wait = other.map_or(Duration::from_secs(3600), |(at, _)| at - now);
+                queues = match shared.work.wait_timeout(queues, wait) {
+                    Ok((g, _)) => g,
+                    Err(e) => e.into_inner().0,
+                };
+                continue;
+            }
+        };
+        let Some(q) = queues.get_mut(&id) else {
+            continue;
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        if q.dropped > 0 {
+            batch.push(format!("[flo-runner: {} lines dropped]", q.dropped));
+        }
+        while let Some(line) = q.lines.front() {
+            if batch.len() >= shared.batch_lines
+                || (!batch.is_empty() && bytes + line.len() > MAX_BATCH_BYTES)
+            {
+                break;
+            }
+            bytes += line.len();
+            if let Some(line) = q.lines.pop_front() {
+                batch.push(line);
+            }
+        }
+        let dropped = std::mem::take(&mut q.dropped);
+        q.bytes -= bytes;
+        q.sending = true;
+        drop(queues);
+
+        let result = api.send_logs(&id, &batch);
+
+        queues = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(q) = queues.get_mut(&id) else {
+            continue;
+        };
+        q.sending = false;
+        match result {
+            Ok(()) => {
+                q.backoff.reset();
+                q.retry_at = None;
+                q.oldest_at = (!q.lines.is_empty()).then(Instant::now);
+            }
+            Err(e) if shutdown.is_forced() => {
+                log::warn!("execution {id}: dropping {} log lines: {e}", batch.len());
+            }
+            Err(e) => {
+                // Put the batch back in front, in order, within the bound.
+                let mut batch = batch.into_iter();
+                if dropped > 0 {
+                    batch.next();
+                    q.dropped += dropped;
+                }
+                let batch: Vec<String> = batch.collect();
+                for line in batch.into_iter().rev() {
+                    if q.lines.len() >= MAX_QUEUED_LINES {
+                        q.dropped += 1;
+                        continue;
+                    }
+                    q.bytes += line.len();
+                    q.lines.push_front(line);
+                }
+                let delay = q.backoff.next_delay().max(Duration::from_millis(100));
+                log::warn!(
+                    "execution {id}: sending logs failed ({e}); retrying in {} ms",
+                    delay.as_millis()
+                );
+                q.retry_at = Some(Instant::now() + delay);
+            }
+        }
+        shared.drained.notify_all();
+    }
+}

@@ -1,0 +1,148 @@
+//! The poll loop (PROTOCOL.md §4): ask for work only while a slot is free,
+//! pace 204s by the check-in interval, back off on errors with full jitter.
+//!
+//! Shutdown and the poll in flight: the API may hold a poll for 25 s. The
+//! runner does not wait for it; it exits with the request still open, so the
+//! connection closes and the API does not hand that poll any work. Work that
+//! did arrive is dispatched under the [`Gate`] lock, which the main thread
+//! holds while it decides to exit: work is either dispatched (then run and
+//! reported before exit) or never read.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::api::PollAnswer;
+use crate::backoff::Backoff;
+use crate::ids::{ExecutionId, FloId};
+use crate::job::{Context, Work};
+use crate::pool::Pool;
+use crate::protocol::PendingExecution;
+use crate::workspace::Job;
+
+pub const ERROR_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Default)]
+pub struct GateState {
+    pub poll_in_flight: bool,
+}
+
+impl Gate {
+    pub fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
+    let mut backoff = Backoff::new(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX);
+    let checkin = ctx.config.runner.checkin_timeout;
+    loop {
+        if !pool.slots.wait_free(&ctx.shutdown) {
+            break;
+        }
+        {
+            let mut g = gate.lock();
+            if ctx.shutdown.is_requested() {
+                break;
+            }
+            g.poll_in_flight = true;
+        }
+        let started = Instant::now();
+        let answer = ctx.api.poll();
+
+        let mut g = gate.lock();
+        g.poll_in_flight = false;
+        let pause = match answer {
+            Ok(PollAnswer::NoWork) => {
+                backoff.reset();
+                Pause::Until(started + checkin)
+            }
+            Ok(PollAnswer::Work(pending)) => {
+                backoff.reset();
+                if let Some(work) = to_work(*pending) {
+                    pool.dispatch(work);
+                }
+                Pause::None
+            }
+            Ok(PollAnswer::Malformed { execution_id, why }) => {
+                log::error!("the API answered a poll with an unusable pending execution: {why}");
+                if let Some(id) = execution_id.and_then(|id| ExecutionId::parse(&id).ok()) {
+                    pool.dispatch(Work::Reject {
+                        execution_id: id,
+                        why: format!("the runner could not read the pending execution: {why}"),
+                    });
+                }
+                Pause::For(backoff.next_delay())
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                match e.status() {
+                    Some(403) => log::error!(
+                        "the API refused this runner's signature on a poll (HTTP 403): is {} the key this identifier first registered with? retrying in {} ms",
+                        ctx.identity.key_path.display(),
+                        delay.as_millis()
+                    ),
+                    _ => log::warn!("polling for work failed: {e}; retrying in {} ms", delay.as_millis()),
+                }
+                Pause::For(delay)
+            }
+        };
+        drop(g);
+        let interrupted = match pause {
+            Pause::None => false,
+            Pause::Until(t) => ctx.shutdown.sleep_until(t, false),
+            Pause::For(d) => ctx.shutdown.sleep(d),
+        };
+        if interrupted {
+            break;
+        }
+    }
+    log::debug!("poller stopped");
+}
+
+enum Pause {
+    None,
+    Until(Instant),
+    For(Duration),
+}
+
+/// Validates the ids that will become paths and URL segments.
+fn to_work(pending: PendingExecution) -> Option<Work> {
+    let execution_id = match ExecutionId::parse(&pending.execution.id) {
+        Ok(id) => id,
+        Err(e) => {
+            log::error!(
+                "refusing a pending execution: {e}; nothing was written, and it cannot be reported because its id is not usable in a URL"
+            );
+            return None;
+        }
+    };
+    let flo_id = match FloId::parse(&pending.execution.flo_id) {
+        Ok(id) => id,
+        Err(e) => {
+            return Some(Work::Reject {
+                execution_id,
+                why: format!("refused: {e}"),
+            })
+        }
+    };
+    log::info!(
+        "execution {execution_id} of flow {flo_id} received ({})",
+        pending.flo.name.as_deref().unwrap_or("unnamed flow")
+    );
+    Some(Work::Run(Box::new(Job {
+        execution_id,
+        flo_id,
+        pending,
+    })))
+}
+
+/// Convenience for main: a shareable gate.
+pub fn gate() -> Arc<Gate> {
+    Arc::new(Gate::default())
+}

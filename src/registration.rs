@@ -1,0 +1,97 @@
+//! Registration (PROTOCOL.md §3) with a retry strategy. Nothing is polled
+//! until this succeeds.
+
+use std::time::{Duration, Instant};
+
+use crate::api::{Api, ApiError};
+use crate::config::{RegistrationRetry, RetryStrategy};
+use crate::protocol::RegistrationRequest;
+use crate::shutdown::Shutdown;
+
+/// First delay of the exponential strategy; it doubles after each failure.
+pub const EXPONENTIAL_START: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    #[error("registration with {url} failed after {attempts} attempt(s) over {secs} s; last answer: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        secs: u64,
+        last: String,
+    },
+    #[error("stopped by a signal before registration succeeded")]
+    Interrupted,
+}
+
+/// Registers, retrying per `policy`. Each failure is logged in one line.
+pub fn register(
+    api: &Api,
+    body: &RegistrationRequest,
+    policy: &RegistrationRetry,
+    shutdown: &Shutdown,
+) -> Result<u16, RegistrationError> {
+    let started = Instant::now();
+    let deadline = started + policy.max_duration;
+    let mut delay = EXPONENTIAL_START;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let last = match api.register(body) {
+            Ok(status) => {
+                log::info!(
+                    "registered with {} as {} ({})",
+                    api.base_url(),
+                    body.identifier,
+                    if status == 201 {
+                        "already known"
+                    } else {
+                        "newly enrolled"
+                    }
+                );
+                return Ok(status);
+            }
+            Err(e) => describe(api, &e),
+        };
+        let wait = match policy.strategy {
+            RetryStrategy::None => None,
+            RetryStrategy::Interval => Some(policy.interval),
+            RetryStrategy::Exponential => {
+                let now = Instant::now();
+                if now >= deadline {
+                    None
+                } else {
+                    let d = delay.min(deadline - now);
+                    delay = delay.saturating_mul(2);
+                    Some(d)
+                }
+            }
+        };
+        let Some(wait) = wait else {
+            log::error!("{last}");
+            return Err(RegistrationError::GaveUp {
+                url: api.base_url().to_string(),
+                attempts,
+                secs: started.elapsed().as_secs(),
+                last,
+            });
+        };
+        log::warn!(
+            "{last}; retrying in {} s (attempt {attempts})",
+            wait.as_secs()
+        );
+        if shutdown.sleep(wait) {
+            return Err(RegistrationError::Interrupted);
+        }
+    }
+}
+
+fn describe(api: &Api, e: &ApiError) -> String {
+    match e.status() {
+        Some(404) => format!(
+            "registration code not recognised by {} (HTTP 404)",
+            api.base_url()
+        ),
+        _ => format!("registration with {} failed: {e}", api.base_url()),
+    }
+}

@@ -1,0 +1,216 @@
+//! The execution directory and the files the executor reads (PROTOCOL.md §5).
+//! Ids are validated newtypes by the time they get here, and the directory is
+//! checked to resolve inside the execution root before anything is written.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::config::Config;
+use crate::fsutil;
+use crate::ids::{ExecutionId, FloId, RunnerIdentifier};
+use crate::protocol::PendingExecution;
+
+pub const FLOW_FILE: &str = "execution.flow";
+pub const TRIGGER_FILE: &str = "trigger-data.json";
+pub const CONTEXT_FILE: &str = "context.json";
+pub const STATE_FILE: &str = "state.json";
+
+/// A pending execution whose ids passed validation.
+pub struct Job {
+    pub execution_id: ExecutionId,
+    pub flo_id: FloId,
+    pub pending: PendingExecution,
+}
+
+/// A prepared execution directory.
+pub struct Workspace {
+    pub dir: PathBuf,
+    pub trigger_data: bool,
+    pub context: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("cannot create {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("{path} resolves outside the execution directory {root}; refusing to write")]
+    Escapes { path: PathBuf, root: PathBuf },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+pub fn execution_dir(root: &Path, flo: &FloId, execution: &ExecutionId) -> PathBuf {
+    root.join(flo).join(execution)
+}
+
+pub fn prepare(
+    config: &Config,
+    runner_id: &RunnerIdentifier,
+    job: &Job,
+) -> Result<Workspace, WorkspaceError> {
+    let root = &config.execution.execution_directory;
+    let dir = execution_dir(root, &job.flo_id, &job.execution_id);
+    fsutil::create_dir_all(&dir).map_err(|source| WorkspaceError::Create {
+        path: dir.clone(),
+        source,
+    })?;
+    // A previous (untrusted) executor could have planted a symlink where a
+    // flow directory goes; make sure we are still inside the root.
+    let real_root = root
+        .canonicalize()
+        .map_err(|source| WorkspaceError::Create {
+            path: root.clone(),
+            source,
+        })?;
+    let real_dir = dir
+        .canonicalize()
+        .map_err(|source| WorkspaceError::Create {
+            path: dir.clone(),
+            source,
+        })?;
+    if !real_dir.starts_with(&real_root) || real_dir == real_root {
+        return Err(WorkspaceError::Escapes {
+            path: dir,
+            root: root.clone(),
+        });
+    }
+
+    let pending = &job.pending;
+    let flow = serde_json::to_vec(&pending.data).unwrap_or_else(|_| b"null".to_vec());
+    write(&dir, FLOW_FILE, &flow)?;
+
+    let trigger = normalise_trigger_data(&pending.execution.data);
+    let trigger_data = match trigger {
+        Some(bytes) if bytes.len() > 2 => {
+            write(&dir, TRIGGER_FILE, &bytes)?;
+            true
+        }
+        _ => false,
+    };
+
+    let context = serde_json::to_vec(&context(config, runner_id, job)).map_err(|e| {
+        WorkspaceError::Write {
+            path: dir.join(CONTEXT_FILE),
+            source: io::Error::other(e),
+        }
+    })?;
+    write(&dir, CONTEXT_FILE, &context)?;
+
+    Ok(Workspace {
+        dir,
+        trigger_data,
+        context: true,
+    })
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WorkspaceError> {
+    let path = dir.join(name);
+    // Never follow a link an executor may have left at this name.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(WorkspaceError::Write { path, source }),
+    }
+    fsutil::write_file(&path, bytes).map_err(|source| WorkspaceError::Write { path, source })
+}
+
+/// Trigger data as the Go runner normalises it: a string starting with `{`
+/// as is; another string parsed as JSON and re-serialised (nothing if it is
+/// not JSON); null is nothing; any other value serialised.
+pub fn normalise_trigger_data(data: &Value) -> Option<Vec<u8>> {
+    match data {
+        Value::Null => None,
+        Value::String(s) if s.len() > 2 && s.starts_with('{') => Some(s.as_bytes().to_vec()),
+        Value::String(s) => serde_json::from_str::<Value>(s)
+            .ok()
+            .and_then(|v| serde_json::to_vec(&v).ok()),
+        other => serde_json::to_vec(other).ok(),
+    }
+}
+
+/// The trigger data as an object, when it is one (directly or as a string).
+fn trigger_object(data: &Value) -> Option<Map<String, Value>> {
+    match data {
+        Value::Object(m) => Some(m.clone()),
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn context(config: &Config, runner_id: &RunnerIdentifier, job: &Job) -> Value {
+    let p = &job.pending;
+    let e = &p.execution;
+    let or_empty = |s: &Option<String>| s.clone().unwrap_or_default();
+    let trigger = trigger_object(&e.data).unwrap_or_default();
+    let from_trigger = |key: &str| {
+        trigger
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let system_prompt = trigger
+        .get("system_prompt")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| p.flo.system_prompt.clone())
+        .unwrap_or_default();
+    let sequence = match &e.sequence {
+        Some(Value::Number(n)) => Value::Number(n.clone()),
+        _ => json!(0),
+    };
+    let mut ctx = json!({
+        "flow_id": job.flo_id.as_str(),
+        "execution_id": job.execution_id.as_str(),
+        "sequence": sequence,
+        "author_id": or_empty(&e.owner_id),
+        "organisation_id": or_empty(&p.flo.organisation_id),
+        "runner_id": runner_id.as_str(),
+        "start_time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "trigger_type": or_empty(&e.trigger_type),
+        "author_email": or_empty(&e.author_email),
+        "triggerer_email": or_empty(&e.triggerer_email),
+        "api_url": config.executor_api_url(),
+        "system_prompt": system_prompt,
+        "agent_id": from_trigger("agent_id"),
+        "agent_user_id": from_trigger("agent_user_id"),
+        "conversation_id": from_trigger("conversation_id"),
+        "trigger_source": from_trigger("trigger_source"),
+        "channel_type": from_trigger("channel_type"),
+        "channel_id": from_trigger("channel_id"),
+        "thread_id": from_trigger("thread_id"),
+        "role": from_trigger("role"),
+        "system_flow": p.flo.system_flow,
+    });
+    if config.tls.enabled {
+        if let Value::Object(m) = &mut ctx {
+            m.insert("tls_ca_cert".into(), json!(config.tls.ca_cert));
+            m.insert("tls_cert".into(), json!(config.tls.cert));
+            m.insert("tls_key".into(), json!(config.tls.key));
+        }
+    }
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trigger_data_shapes() {
+        let n = |v: Value| normalise_trigger_data(&v).map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(n(json!(null)), None);
+        assert_eq!(n(json!({"b":1,"a":2})).as_deref(), Some(r#"{"a":2,"b":1}"#));
+        assert_eq!(n(json!("{ \"x\": 1 }")).as_deref(), Some("{ \"x\": 1 }"));
+        assert_eq!(n(json!("[1, 2]")).as_deref(), Some("[1,2]"));
+        assert_eq!(n(json!("not json")), None);
+        assert_eq!(n(json!("{}")).as_deref(), Some("{}"));
+        assert_eq!(n(json!("")), None);
+        assert_eq!(n(json!(5)).as_deref(), Some("5"));
+    }
+}
