@@ -10,6 +10,7 @@ pub mod api;
 pub mod backoff;
 pub mod cancel;
 pub mod config;
+pub mod devserver;
 pub mod executor;
 pub mod fsutil;
 pub mod identity;

@@ -1,0 +1,119 @@
+//! A small blocking client for the admin API (the CLI subcommands use it;
+//! so can tests that prefer not to hand-roll requests).
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::http::percent_encode_segment;
+
+/// Admin answers bigger than this are refused rather than read into memory.
+const MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the dev server at {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("{method} {url} answered {status}: {message}")]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{url} answered something that is not the expected JSON: {reason}")]
+    BadAnswer { url: String, reason: String },
+}
+
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// `base` is the server URL, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let request = self.agent.request(method, &url);
+        let answer = match body {
+            Some(b) => request
+                .set("Content-Type", "application/json")
+                .send_string(&b.to_string()),
+            None => request.call(),
+        };
+        let response = match answer {
+            Ok(r) => r,
+            Err(ureq::Error::Status(status, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                // The server's errors are `{"error": "..."}`; show just the why.
+                let message = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or(text);
+                return Err(ClientError::Status {
+                    method: method.to_string(),
+                    url,
+                    status,
+                    message,
+                });
+            }
+            Err(ureq::Error::Transport(t)) => {
+                // ureq puts the URL in front; it is already in our message.
+                let full = t.to_string();
+                let reason = full
+                    .strip_prefix(&format!("{url}: "))
+                    .unwrap_or(&full)
+                    .to_string();
+                return Err(ClientError::Transport { url, reason });
+            }
+        };
+        serde_json::from_reader(response.into_reader().take(MAX_ANSWER_BYTES)).map_err(|e| {
+            ClientError::BadAnswer {
+                url,
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    fn execution_path(id: &str) -> String {
+        format!("/admin/executions/{}", percent_encode_segment(id))
+    }
+
+    /// `POST /admin/executions`; returns the new execution id.
+    pub fn enqueue(&self, body: &Value) -> Result<String, ClientError> {
+        let answer = self.call("POST", "/admin/executions", Some(body))?;
+        match answer.get("id").and_then(Value::as_str) {
+            Some(id) => Ok(id.to_string()),
+            None => Err(ClientError::BadAnswer {
+                url: format!("{}/admin/executions", self.base),
+                reason: "no \"id\" in the answer".to_string(),
+            }),
+        }
+    }
+
+    pub fn list(&self) -> Result<Value, ClientError> {
+        self.call("GET", "/admin/executions", None)
+    }
+
+    pub fn show(&self, id: &str) -> Result<Value, ClientError> {
+        self.call("GET", &Self::execution_path(id), None)
+    }
+
+    pub fn cancel(&self, id: &str) -> Result<Value, ClientError> {
+        self.call(
+            "POST",
+            &format!("{}/cancel", Self::execution_path(id)),
+            None,
+        )
+    }
+}

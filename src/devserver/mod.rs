@@ -1,0 +1,46 @@
+//! `flo-devserver`: the dev control plane. It plays the Flomation API's side
+//! of the runner protocol (PROTOCOL.md) with the real semantics, in memory,
+//! plus an admin API under `/admin` for tests and people: enqueue work,
+//! inspect what the runner sent, queue malformed poll answers, inject faults.
+//!
+//! Layout: [`cli`] parses the command line; [`server`] accepts connections
+//! and gives each request a thread; [`dispatch`] sends `/admin/...` to
+//! [`admin`] and everything else to [`routes`] (the runner routes); both work
+//! on [`state`] behind one mutex in [`app`]. [`faults`] decides injected
+//! failures, [`auth`] checks signatures, [`client`] is the admin client the
+//! subcommands use.
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod faults;
+pub mod http;
+pub mod routes;
+pub mod server;
+pub mod state;
+
+pub use app::App;
+pub use http::{Incoming, Reply};
+
+/// Routes one request to the admin API or the runner routes.
+pub fn dispatch(app: &App, incoming: &Incoming) -> Reply {
+    let segments = incoming.segments();
+    match segments.first().map(String::as_str) {
+        Some("admin") => admin::handle(app, incoming, &segments[1..]),
+        _ => routes::handle(app, incoming),
+    }
+}
+
+/// The whole `flo-devserver` program; returns the exit code. Errors are one
+/// line on stderr, never a panic.
+pub fn main(args: &[String]) -> i32 {
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flo-devserver: {e}");
+            e.exit_code()
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The HTTP front: a `tiny_http` accept loop handing each request to its own
+//! thread (long-polls block), bounded, until SIGINT/SIGTERM.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tiny_http::{Header, Request, Response, Server, StatusCode};
+
+use super::app::App;
+use super::http::{error, Incoming, Reply, MAX_BODY_BYTES};
+use crate::protocol::SIGNATURE_HEADER;
+
+/// Requests handled at once; beyond this the server answers 503 at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// What a "dropped" request gets instead of an HTTP answer. `tiny_http`
+/// offers no way to close one connection from a handler, so the response
+/// stream gets a line that is not an HTTP status line: the client fails with
+/// a transport error (ureq: "bad status"), just as if the connection had
+/// been cut, and discards the connection.
+const DROP_BYTES: &[u8] = b"FLO-DEVSERVER-DROPPED-THIS-REQUEST\r\n\r\n";
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: String,
+    pub registration_code: String,
+    pub long_poll: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot install the SIGINT/SIGTERM handler: {0}")]
+    Signals(#[from] ctrlc::Error),
+    #[error("cannot write the listening line to stdout: {0}")]
+    Stdout(io::Error),
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
+    let server = Server::http(&options.listen).map_err(|e| ServeError::Listen {
+        addr: options.listen.clone(),
+        reason: e.to_string(),
+    })?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| options.listen.clone());
+    let app = Arc::new(App::new(
+        options.registration_code.clone(),
+        options.long_poll,
+    ));
+    {
+        let app = Arc::clone(&app);
+        ctrlc::set_handler(move || app.stop())?;
+    }
+    // Tests read this line to learn the port; it must be the only stdout line.
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "flo-devserver listening on http://{addr}").map_err(ServeError::Stdout)?;
+    stdout.flush().map_err(ServeError::Stdout)?;
+    drop(stdout);
+    log::info!(
+        "long-poll {} s; admin API at http://{addr}/admin",
+        options.long_poll.as_secs()
+    );
+
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    while !app.is_stopping() {
+        // A timeout rather than a blocking recv, so a signal is noticed.
+        let request = match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("accepting a connection failed: {e}");
+                continue;
+            }
+        };
+        if in_flight.load(Ordering::SeqCst) >= MAX_IN_FLIGHT {
+            log::warn!(
+                "{MAX_IN_FLIGHT} requests in flight; refusing {} {}",
+                request.method(),
+                request.url()
+            );
+            let _ = write_reply(request, error(503, "too many requests in flight"));
+            continue;
+        }
+        let guard = InFlight::enter(&in_flight);
+        let app = Arc::clone(&app);
+        let spawned = thread::Builder::new()
+            .name("devserver-request".into())
+            .spawn(move || {
+                let _guard = guard;
+                handle(&app, request);
+            });
+        // On failure the closure is dropped: tiny_http answers the request
+        // 500 and the guard gives its slot back.
+        if let Err(e) = spawned {
+            log::error!("cannot start a request thread: {e}");
+        }
+    }
+    log::info!("shutting down");
+    Ok(())
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn handle(app: &App, mut request: Request) {
+    let started = Instant::now();
+    let reply = match read_incoming(&mut request) {
+        Ok(incoming) => super::dispatch(app, &incoming),
+        Err(why) => error(400, why),
+    };
+    let status = reply
+        .status()
+        .map_or_else(|| "dropped".to_string(), |s| s.to_string());
+    log::info!(
+        "{} {} -> {status} ({} ms)",
+        request.method(),
+        request.url(),
+        started.elapsed().as_millis()
+    );
+    if let Err(e) = write_reply(request, reply) {
+        log::debug!("could not write the answer: {e}");
+    }
+}
+
+fn read_incoming(request: &mut Request) -> Result<Incoming, String> {
+    let signature = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(SIGNATURE_HEADER))
+        .map(|h| h.value.as_str().to_string());
+    let mut incoming = Incoming::new(
+        request.method().as_str(),
+        request.url(),
+        signature.as_deref(),
+        &[],
+    );
+    incoming.remote = request.remote_addr().map(|a| a.to_string());
+    if request
+        .body_length()
+        .is_some_and(|n| n as u64 > MAX_BODY_BYTES)
+    {
+        incoming.too_large = true;
+        return Ok(incoming);
+    }
+    // Bounded even when the length is not announced (chunked bodies).
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(MAX_BODY_BYTES + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("reading the request body failed: {e}"))?;
+    if body.len() as u64 > MAX_BODY_BYTES {
+        incoming.too_large = true;
+    } else {
+        incoming.body = body;
+    }
+    Ok(incoming)
+}
+
+fn json_header() -> Option<Header> {
+    Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).ok()
+}
+
+fn with_json<R: Read>(mut response: Response<R>) -> Response<R> {
+    if let Some(h) = json_header() {
+        response.add_header(h);
+    }
+    response
+}
+
+fn write_reply(request: Request, reply: Reply) -> io::Result<()> {
+    match reply {
+        Reply::Json(status, value) => request
+            .respond(with_json(Response::from_string(value.to_string())).with_status_code(status)),
+        Reply::Empty(status) => request.respond(Response::empty(status)),
+        Reply::Raw(status, body) => {
+            request.respond(with_json(Response::from_string(body)).with_status_code(status))
+        }
+        Reply::Huge(status, n) => {
+            let len = usize::try_from(n).unwrap_or(usize::MAX);
+            // Content-Length rather than chunks, so a client can refuse early.
+            let response = Response::new(
+                StatusCode(status),
+                Vec::new(),
+                HugeBody::new(n),
+                Some(len),
+                None,
+            )
+            .with_chunked_threshold(usize::MAX);
+            request.respond(with_json(response))
+        }
+        Reply::Drop => {
+            let mut writer = request.into_writer();
+            writer.write_all(DROP_BYTES)?;
+            writer.flush()
+        }
+    }
+}
+
+/// A body of `n` bytes that starts like a pending execution and never
+/// becomes valid JSON; made while it is written, never held in memory.
+struct HugeBody {
+    remaining: u64,
+    written: u64,
+}
+
+const HUGE_PREFIX: &[u8] = br#"{"flo":{"id":"huge","name":""#;
+
+impl HugeBody {
+    fn new(n: u64) -> Self {
+        Self {
+            remaining: n,
+            written: 0,
+        }
+    }
+}
+
+impl Read for HugeBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            let pos = self.written + i as u64;
+            *b = usize::try_from(pos)
+                .ok()
+                .and_then(|p| HUGE_PREFIX.get(p).copied())
+                .unwrap_or(b'x');
+        }
+        self.remaining -= n as u64;
+        self.written += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_body_has_the_exact_length_and_is_not_json() {
+        let mut body = Vec::new();
+        HugeBody::new(100_000).read_to_end(&mut body).unwrap();
+        assert_eq!(body.len(), 100_000);
+        assert!(body.starts_with(HUGE_PREFIX));
+        assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+        let mut short = Vec::new();
+        HugeBody::new(3).read_to_end(&mut short).unwrap();
+        assert_eq!(short, b"{\"f");
+    }
+}
