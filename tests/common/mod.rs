@@ -1,0 +1,349 @@
+//! Test harness: the real `flo-devserver` on a loopback port, the real
+//! `flo-runner` binary in a temp directory, the example executor as the
+//! executor subprocess. Tests assert on what the server recorded and on disk.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const CODE: &str = "test-code";
+
+/// The example executor, built once per test binary if it is not there yet.
+pub fn executor_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let runner = PathBuf::from(env!("CARGO_BIN_EXE_flo-runner"));
+        let profile_dir = runner.parent().expect("binary has a directory").to_path_buf();
+        let path = profile_dir.join("examples").join("example-executor");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // Always ask cargo: it is a no-op when the example is up to date.
+        let status = Command::new(cargo)
+            .args(["build", "--example", "example-executor"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build --example");
+        assert!(status.success(), "building the example executor failed");
+        assert!(path.exists(), "{} missing after build", path.display());
+        path
+    })
+    .clone()
+}
+
+pub struct DevServer {
+    child: Child,
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+impl DevServer {
+    pub fn start() -> Self {
+        Self::start_with(&["--long-poll-secs", "0"])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flo-devserver"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--registration-code", CODE])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start flo-devserver");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read devserver banner");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected devserver banner {line:?}"))
+            .to_string();
+        Self {
+            child,
+            url,
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(10))
+                .build(),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let resp = self
+            .agent
+            .get(&format!("{}{path}", self.url))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        resp.into_json().expect("admin JSON")
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self
+            .agent
+            .post(&format!("{}{path}", self.url))
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        resp.into_json().unwrap_or(Value::Null)
+    }
+
+    pub fn delete(&self, path: &str) {
+        let _ = self.agent.delete(&format!("{}{path}", self.url)).call();
+    }
+
+    /// Enqueues a flow; `extra` fields are merged into the admin request.
+    pub fn enqueue(&self, flow: Value, extra: Value) -> String {
+        let mut body = json!({ "flow": flow });
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        let v = self.post("/admin/executions", body);
+        v["id"].as_str().expect("enqueue returns an id").to_string()
+    }
+
+    pub fn execution(&self, id: &str) -> Value {
+        let enc: String = id
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        self.get(&format!("/admin/executions/{enc}"))
+    }
+
+    /// Waits until the execution has a result.
+    pub fn wait_completed(&self, id: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let e = self.execution(id);
+            if e["status"] == "completed" {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "execution {id} not completed within {limit:?}: {e:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Value> {
+        match self.get("/admin/requests") {
+            Value::Array(a) => a,
+            other => panic!("requests: {other}"),
+        }
+    }
+
+    pub fn requests_on(&self, route: &str) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r["route"] == route)
+            .collect()
+    }
+
+    pub fn runners(&self) -> Vec<Value> {
+        match self.get("/admin/runners") {
+            Value::Array(a) => a,
+            other => panic!("runners: {other}"),
+        }
+    }
+
+    pub fn fault(&self, body: Value) {
+        self.post("/admin/faults", body);
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `cond` for at most `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub struct Runner {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct RunnerSetup {
+    pub config: Value,
+    pub env: Vec<(String, String)>,
+    /// Write no config.json (environment only).
+    pub no_config_file: bool,
+    pub args: Vec<String>,
+}
+
+impl RunnerSetup {
+    /// A config for `server` with the example executor and fast pacing.
+    pub fn new(server: &DevServer) -> Self {
+        Self {
+            config: json!({
+                "runner": {
+                    "url": server.url,
+                    "registration_code": CODE,
+                    "name": "test-runner",
+                    "checkin_timeout": 1,
+                    "registration_retry": {"strategy": "none"},
+                    "shutdown_grace_secs": 10
+                },
+                "execution": {
+                    "max_concurrent_executors": 1,
+                    "executable_name": executor_path().to_string_lossy(),
+                    "log_flush_ms": 100,
+                    "kill_grace_secs": 2
+                }
+            }),
+            env: Vec::new(),
+            no_config_file: false,
+            args: Vec::new(),
+        }
+    }
+
+    /// Sets `section.key` in the config.
+    pub fn set(mut self, section: &str, key: &str, value: Value) -> Self {
+        self.config[section][key] = value;
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn start(self) -> Runner {
+        let dir = tempfile::tempdir().expect("tempdir");
+        self.start_in(dir)
+    }
+
+    /// Starts in an existing directory (to restart with the same identity).
+    pub fn start_in(self, dir: tempfile::TempDir) -> Runner {
+        if !self.no_config_file {
+            fs::write(
+                dir.path().join("config.json"),
+                serde_json::to_vec_pretty(&self.config).expect("config json"),
+            )
+            .expect("write config");
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("runner.log"))
+            .expect("runner.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flo-runner"));
+        cmd.current_dir(dir.path())
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start flo-runner");
+        Runner {
+            child: Some(child),
+            dir,
+        }
+    }
+}
+
+impl Runner {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("runner.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the runner to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let log = self.log();
+                let _ = child.kill();
+                panic!("runner did not exit within {limit:?}; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Stops the runner and gives back its directory (for a restart).
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        dir
+    }
+
+    pub fn identifier(&self) -> String {
+        let state: Value = serde_json::from_slice(
+            &fs::read(self.path().join("flo.state")).expect("flo.state"),
+        )
+        .expect("state json");
+        state["identifier"].as_str().expect("identifier").to_string()
+    }
+
+    pub fn exec_dir(&self, flo: &str, id: &str) -> PathBuf {
+        self.path().join("executions").join(flo).join(id)
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A flow for the example executor.
+pub fn flow(nodes: Value) -> Value {
+    json!({ "nodes": nodes, "edges": [] })
+}
