@@ -28,7 +28,7 @@ fmt:
 	$(CARGO) fmt
 
 bench: release
-	@echo "benchmarks arrive with the performance issue; nothing to run yet"
+	sh bench/output_rss.sh
 
 clean:
 	$(CARGO) clean

@@ -17,7 +17,7 @@ pub const POLL_TIMEOUT: Duration = Duration::from_secs(35);
 /// Every other call.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// A pending execution larger than this is refused rather than buffered.
-pub const MAX_POLL_BODY: u64 = 64 * 1024 * 1024;
+pub const MAX_POLL_BODY: u64 = 32 * 1024 * 1024;
 /// Other answers are small; anything past this is not read.
 const MAX_SMALL_BODY: u64 = 1024 * 1024;
 
