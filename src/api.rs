@@ -161,7 +161,12 @@ impl Api {
     pub fn send_logs(&self, id: &ExecutionId, lines: &[String]) -> Result<(), ApiError> {
         let bytes = serde_json::to_vec(&serde_json::json!({ "lines": lines }))
             .map_err(|e| ApiError::Decode(e.to_string()))?;
-        self.post_signed(&self.agent, &paths::logs(id.as_str()), &bytes)?;
+        self.send_logs_body(id, &bytes)
+    }
+
+    /// `POST /api/v1/execution/{id}/logs` with an already-serialised body.
+    pub fn send_logs_body(&self, id: &ExecutionId, body: &[u8]) -> Result<(), ApiError> {
+        self.post_signed(&self.agent, &paths::logs(id.as_str()), body)?;
         Ok(())
     }
 
