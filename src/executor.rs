@@ -179,6 +179,7 @@ pub fn run(
     args: Vec<OsString>,
     job: &Job,
     watcher: &Watcher,
+    on_spawn: impl FnOnce(u32),
     on_line: impl Fn(String) + Send + Sync + 'static,
 ) -> RunOutcome {
     let mut cmd = Command::new(&config.execution.program);
@@ -201,6 +202,7 @@ pub fn run(
         }
     };
     let pid = child.id();
+    on_spawn(pid);
     watcher.register(&job.execution_id, pid, config.execution.timeout);
 
     let on_line = std::sync::Arc::new(on_line);

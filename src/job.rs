@@ -1,6 +1,7 @@
-//! One execution, start to finish: claim (§6), workspace (§5), executor (§7),
-//! report (§8). Runs on a pool worker thread.
+//! One execution, start to finish: claim (§6), journal, workspace (§5),
+//! executor (§7), result into the outbox (§8). Runs on a pool worker thread.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,18 +10,22 @@ use crate::backoff::Backoff;
 use crate::cancel::Watcher;
 use crate::config::Config;
 use crate::executor;
+use crate::fsutil;
 use crate::identity::Identity;
 use crate::ids::ExecutionId;
-use crate::logship::LogShipper;
+use crate::journal::{self, Journal, Record};
+use crate::logship::{self, LogShipper};
+use crate::outbox::{Kind, Outbox};
 use crate::output::{LogTail, OutputFile};
-use crate::report;
+use crate::protocol::ExecutionResult;
+use crate::report::{self, RESULT_FILE};
 use crate::shutdown::Shutdown;
 use crate::workspace::{self, Job};
 
 /// How long a claim is retried on transport errors and 5xx.
 pub const CLAIM_LIMIT: Duration = Duration::from_secs(60);
-/// How long the last log lines may take to reach the API before the result goes.
-const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(30);
+/// How long to wait for a log batch in flight before taking the rest.
+const LOG_FINISH_LIMIT: Duration = Duration::from_secs(20);
 pub const OUTPUT_FILE: &str = "output.log";
 
 /// Everything a worker needs, shared by all workers.
@@ -30,6 +35,8 @@ pub struct Context {
     pub api: Arc<Api>,
     pub shipper: LogShipper,
     pub watcher: Watcher,
+    pub outbox: Outbox,
+    pub journal: Journal,
     pub shutdown: Shutdown,
 }
 
@@ -49,13 +56,7 @@ pub fn handle(ctx: &Context, work: Work) {
         Work::Run(job) => run(ctx, &job),
         Work::Reject { execution_id, why } => {
             log::error!("execution {execution_id}: not run: {why}");
-            report::deliver(
-                &ctx.api,
-                &execution_id,
-                &report::errored(&why),
-                None,
-                &ctx.shutdown,
-            );
+            report(ctx, &execution_id, Vec::new(), &report::errored(&why), None);
         }
     }
 }
@@ -71,12 +72,31 @@ fn run(ctx: &Context, job: &Job) {
             return;
         }
         Claim::GaveUp(e) => {
-            log::error!(
-                "execution {id}: could not claim it within {} s ({e}); not running it",
+            // The server may have taken the claim; report so it does not
+            // stay "running" there forever.
+            let why = format!(
+                "could not confirm the claim within {} s ({e}); not run",
                 CLAIM_LIMIT.as_secs()
             );
+            log::error!("execution {id}: {why}");
+            report(ctx, id, Vec::new(), &report::errored(&why), None);
             return;
         }
+    }
+    let dir = workspace::execution_dir(&ctx.config.execution.execution_directory, &job.flo_id, id);
+    let mut record = Record {
+        execution_id: id.to_string(),
+        flo_id: job.flo_id.to_string(),
+        dir: dir.clone(),
+        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        pid: None,
+        pid_start: None,
+        boot_id: journal::boot_id(),
+    };
+    // From here on the execution is ours: if the runner dies, the next start
+    // finds this entry and reports it.
+    if let Err(e) = ctx.journal.record(&record) {
+        log::warn!("execution {id}: cannot write its journal entry: {e}");
     }
 
     let ws = match workspace::prepare(&ctx.config, &ctx.identity.identifier, job) {
@@ -84,7 +104,7 @@ fn run(ctx: &Context, job: &Job) {
         Err(e) => {
             let why = format!("cannot prepare the execution directory: {e}");
             log::error!("execution {id}: {why}");
-            report::deliver(&ctx.api, id, &report::errored(&why), None, &ctx.shutdown);
+            report(ctx, id, Vec::new(), &report::errored(&why), None);
             return;
         }
     };
@@ -104,15 +124,29 @@ fn run(ctx: &Context, job: &Job) {
         let sink = sink.clone();
         let shipper = ctx.shipper.clone();
         let line_id = id.clone();
-        executor::run(&ctx.config, &ws.dir, args, job, &ctx.watcher, move |line| {
-            let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-            s.tail.push(&line);
-            s.file.write_line(&line);
-            shipper.push(&line_id, line);
-        })
+        let on_spawn = |pid: u32| {
+            record.pid = Some(pid);
+            record.pid_start = journal::process_start(pid);
+            if let Err(e) = ctx.journal.record(&record) {
+                log::warn!("execution {id}: cannot update its journal entry: {e}");
+            }
+        };
+        executor::run(
+            &ctx.config,
+            &ws.dir,
+            args,
+            job,
+            &ctx.watcher,
+            on_spawn,
+            move |line| {
+                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                s.tail.push(&line);
+                s.file.write_line(&line);
+                shipper.push(&line_id, line);
+            },
+        )
     };
-    // The last batch of logs goes out before the result.
-    ctx.shipper.finish(id, LOG_FLUSH_LIMIT);
+    let unsent = ctx.shipper.finish(id, LOG_FINISH_LIMIT);
     let logs = {
         let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
         s.file.close();
@@ -128,7 +162,49 @@ fn run(ctx: &Context, job: &Job) {
         s.tail.render()
     };
     let result = report::build(Some(&ws.dir), &outcome.status, outcome.stopped, logs);
-    report::deliver(&ctx.api, id, &result, Some(&ws.dir), &ctx.shutdown);
+    report(ctx, id, unsent, &result, Some(&ws.dir));
+}
+
+/// Puts the last log lines and the result in the outbox (durably, before any
+/// attempt), closes the journal entry, then makes the first delivery attempt
+/// on this thread; the outbox sender retries whatever does not go through.
+pub fn report(
+    ctx: &Context,
+    id: &ExecutionId,
+    unsent_lines: Vec<String>,
+    result: &ExecutionResult,
+    dir: Option<&Path>,
+) {
+    let body = match serde_json::to_vec(result) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("execution {id}: cannot serialise the result: {e}");
+            return;
+        }
+    };
+    if let Some(dir) = dir {
+        if let Err(e) = fsutil::write_atomic(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
+            log::warn!("execution {id}: cannot keep a copy of the result: {e}");
+        }
+    }
+    for logs in logship::batch_bodies(&unsent_lines, ctx.config.execution.log_batch_lines) {
+        if let Err(e) = ctx.outbox.put(Kind::Logs, id, &logs) {
+            log::warn!("execution {id}: cannot keep the last log lines in the outbox: {e}");
+        }
+    }
+    if let Err(e) = ctx.outbox.put(Kind::Result, id, &body) {
+        // Not durable, but not lost yet: send it now, as the Go runner would.
+        log::error!(
+            "execution {id}: cannot write the result to the outbox ({e}); sending it directly"
+        );
+        if let Err(e) = ctx.api.send_result(id, &body) {
+            log::error!("execution {id}: result lost: {e}; a copy is in {RESULT_FILE}");
+        }
+        ctx.journal.remove(id);
+        return;
+    }
+    ctx.journal.remove(id);
+    ctx.outbox.flush(&ctx.api, id);
 }
 
 struct Sink {

@@ -23,6 +23,7 @@ pub mod output;
 pub mod poller;
 pub mod pool;
 pub mod protocol;
+pub mod recovery;
 pub mod registration;
 pub mod report;
 pub mod shutdown;

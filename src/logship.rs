@@ -119,31 +119,25 @@ impl LogShipper {
         }
     }
 
-    /// Sends what is left for `id` and forgets it. Waits at most `limit`;
-    /// lines still unsent then are given up (they are in the result anyway).
-    pub fn finish(&self, id: &ExecutionId, limit: Duration) {
+    /// Stops shipping `id`: waits (at most `limit`) for a batch in flight,
+    /// then returns the lines not yet sent, oldest first, after a marker if
+    /// any were dropped. The caller puts them in the outbox.
+    pub fn finish(&self, id: &ExecutionId, limit: Duration) -> Vec<String> {
         let deadline = Instant::now() + limit;
         let mut queues = self.lock();
-        if let Some(q) = queues.get_mut(id) {
-            q.closing = true;
-            self.shared.work.notify_one();
-        }
         loop {
-            let done = match queues.get(id) {
-                None => true,
-                Some(q) => q.lines.is_empty() && q.dropped == 0 && !q.sending,
-            };
+            let sending = queues.get(id).is_some_and(|q| q.sending);
             let now = Instant::now();
-            if done || now >= deadline {
-                if let Some(q) = queues.remove(id) {
-                    if !q.lines.is_empty() {
-                        log::warn!(
-                            "execution {id}: {} log lines could not be streamed; they are in the result",
-                            q.lines.len()
-                        );
-                    }
+            if !sending || now >= deadline {
+                let Some(q) = queues.remove(id) else {
+                    return Vec::new();
+                };
+                let mut rest = Vec::with_capacity(q.lines.len() + 1);
+                if q.dropped > 0 {
+                    rest.push(dropped_marker(q.dropped));
                 }
-                return;
+                rest.extend(q.lines);
+                return rest;
             }
             queues = match self.shared.drained.wait_timeout(queues, deadline - now) {
                 Ok((g, _)) => g,
@@ -151,6 +145,33 @@ impl LogShipper {
             };
         }
     }
+}
+
+fn dropped_marker(n: u64) -> String {
+    format!("[flo-runner: {n} lines dropped]")
+}
+
+/// Splits lines into `/logs` bodies of at most `batch_lines` lines and about
+/// [`MAX_BATCH_BYTES`].
+pub fn batch_bodies(lines: &[String], batch_lines: usize) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    let mut start = 0;
+    while start < lines.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < lines.len()
+            && end - start < batch_lines.max(1)
+            && (end == start || bytes + lines[end].len() <= MAX_BATCH_BYTES)
+        {
+            bytes += lines[end].len();
+            end += 1;
+        }
+        if let Ok(body) = serde_json::to_vec(&serde_json::json!({ "lines": &lines[start..end] })) {
+            bodies.push(body);
+        }
+        start = end;
+    }
+    bodies
 }
 
 fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
@@ -183,7 +204,7 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
         let mut batch = Vec::new();
         let mut bytes = 0;
         if q.dropped > 0 {
-            batch.push(format!("[flo-runner: {} lines dropped]", q.dropped));
+            batch.push(dropped_marker(q.dropped));
         }
         while let Some(line) = q.lines.front() {
             if batch.len() >= shared.batch_lines

@@ -15,12 +15,14 @@ use flo_runner::cancel::{StopReason, Watcher};
 use flo_runner::config::{self, Config};
 use flo_runner::identity::Identity;
 use flo_runner::job::Context;
+use flo_runner::journal::Journal;
 use flo_runner::logship::LogShipper;
+use flo_runner::outbox::Outbox;
 use flo_runner::pool::Pool;
 use flo_runner::protocol::{zero_time, RegistrationRequest};
 use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
-use flo_runner::{executor, fsutil, poller};
+use flo_runner::{executor, fsutil, poller, recovery};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -170,6 +172,20 @@ fn run(path: &std::path::Path, explicit: bool) -> Result<(), String> {
         Err(e) => return Err(e.to_string()),
     }
 
+    // Reports and crashed executions from a previous run go out beside polling.
+    let state_dir = &config.execution.state_directory;
+    let outbox = Outbox::open(state_dir)
+        .map_err(|e| format!("cannot open the outbox in {}: {e}", state_dir.display()))?;
+    let journal = Journal::open(state_dir)
+        .map_err(|e| format!("cannot open the journal in {}: {e}", state_dir.display()))?;
+    recovery::recover(
+        &journal,
+        &outbox,
+        config.execution.kill_grace,
+        config.execution.max_log_bytes,
+    );
+    outbox.start_sender(api.clone(), shutdown.clone());
+
     let shipper = LogShipper::start(
         api.clone(),
         config.execution.log_batch_lines,
@@ -184,6 +200,8 @@ fn run(path: &std::path::Path, explicit: bool) -> Result<(), String> {
         api,
         shipper,
         watcher: watcher.clone(),
+        outbox: outbox.clone(),
+        journal,
         shutdown: shutdown.clone(),
     });
     let pool = Arc::new(
@@ -205,7 +223,15 @@ fn run(path: &std::path::Path, explicit: bool) -> Result<(), String> {
     // Park until a signal.
     while !shutdown.sleep(Duration::from_secs(3600)) {}
     drain(&config, &shutdown, &watcher, &pool, &gate);
-    log::info!("stopped");
+    let left = outbox.depth();
+    if left > 0 {
+        log::warn!(
+            "stopped with {left} report(s) not yet delivered; they are kept in {} and sent at the next start",
+            state_dir.join(flo_runner::outbox::OUTBOX_DIR).display()
+        );
+    } else {
+        log::info!("stopped");
+    }
     Ok(())
 }
 

@@ -1,26 +1,16 @@
-//! The result of an execution (PROTOCOL.md §8): built from the executor's
-//! exit, its `state.json` and its output, then delivered with retries only
-//! while the outcome of the previous attempt is unknown.
-
-use std::path::Path;
-use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+//! The result of an execution (PROTOCOL.md §8): built once from the
+//! executor's exit, its `state.json` and its output. Delivery is the outbox's.
 
 use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::process::ExitStatus;
 
-use crate::api::Api;
-use crate::backoff::Backoff;
 use crate::cancel::StopReason;
-use crate::fsutil;
-use crate::ids::ExecutionId;
 use crate::protocol::ExecutionResult;
-use crate::shutdown::Shutdown;
 use crate::workspace::STATE_FILE;
 
 /// Copy of the result kept in the execution directory.
 pub const RESULT_FILE: &str = "result.json";
-/// How long a result is retried before it is given up (it stays on disk).
-pub const DELIVERY_LIMIT: Duration = Duration::from_secs(600);
 
 /// Builds the result. `status` is `Err` when the executor never started.
 pub fn build(
@@ -107,61 +97,5 @@ fn read_state(path: &Path) -> Result<Map<String, Value>, String> {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(format!("{STATE_FILE} is not a JSON object")),
         Err(e) => Err(format!("{STATE_FILE} is not valid JSON: {e}")),
-    }
-}
-
-/// Sends the result. Retries only while the outcome is unknown (transport
-/// error, 5xx, 408, 429): never after a 2xx, and never with different bytes.
-/// Returns whether the API accepted it.
-pub fn deliver(
-    api: &Api,
-    id: &ExecutionId,
-    result: &ExecutionResult,
-    dir: Option<&Path>,
-    shutdown: &Shutdown,
-) -> bool {
-    let body = match serde_json::to_vec(result) {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!("execution {id}: cannot serialise the result: {e}");
-            return false;
-        }
-    };
-    if let Some(dir) = dir {
-        if let Err(e) = fsutil::write_atomic(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
-            log::warn!("execution {id}: cannot keep a copy of the result: {e}");
-        }
-    }
-    let started = Instant::now();
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        match api.send_result(id, &body) {
-            Ok(_) => {
-                log::info!(
-                    "execution {id}: result delivered (errored: {}, cancelled: {})",
-                    result.has_errored,
-                    result.cancelled
-                );
-                return true;
-            }
-            Err(e) if e.outcome_unknown() => {
-                if started.elapsed() >= DELIVERY_LIMIT || shutdown.is_forced() {
-                    log::error!("execution {id}: giving up delivering the result ({e}); a copy is in {RESULT_FILE}");
-                    return false;
-                }
-                let delay = backoff.next_delay().max(Duration::from_millis(200));
-                log::warn!(
-                    "execution {id}: result not delivered ({e}); retrying in {} ms",
-                    delay.as_millis()
-                );
-                // Interrupted only by a forced shutdown: a graceful one still
-                // delivers results.
-                shutdown.sleep_until(Instant::now() + delay, true);
-            }
-            Err(e) => {
-                log::error!("execution {id}: the API refused the result: {e}");
-                return false;
-            }
-        }
     }
 }
