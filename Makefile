@@ -1,7 +1,7 @@
 # flo-runner: the two commands a new machine needs are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build release demo test lint fmt bench clean
+.PHONY: all build release demo test lint fmt bench chaos clean
 
 all: build
 
@@ -29,6 +29,12 @@ fmt:
 
 bench: release
 	sh bench/output_rss.sh
+
+## Full chaos run: 6 runners x 4 slots, 300 executions, faults, a SIGKILLed runner.
+chaos:
+	$(CARGO) build --bins --examples
+	CHAOS_RUNNERS=6 CHAOS_SLOTS=4 CHAOS_EXECUTIONS=300 CHAOS_LIMIT_SECS=900 \
+		$(CARGO) test --test chaos -- --nocapture
 
 clean:
 	$(CARGO) clean

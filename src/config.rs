@@ -312,6 +312,13 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             &["FLOMATION_RUNNER_MAX_LOG_BYTES"],
         )?
         .unwrap_or(1_048_576);
+    // Room for the "output cut" marker line and at least a little output.
+    if max_log_bytes < 1024 {
+        return Err(src.invalid(
+            "execution.max_log_bytes",
+            format!("{max_log_bytes} is too small (at least 1024)"),
+        ));
+    }
     let log_batch_lines = src
         .uint(
             "execution",

@@ -63,12 +63,29 @@ pub fn handle(ctx: &Context, work: Work) {
 
 fn run(ctx: &Context, job: &Job) {
     let id = &job.execution_id;
+    let dir = workspace::execution_dir(&ctx.config.execution.execution_directory, &job.flo_id, id);
+    let mut record = Record {
+        execution_id: id.to_string(),
+        flo_id: job.flo_id.to_string(),
+        dir: dir.clone(),
+        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        pid: None,
+        pid_start: None,
+        boot_id: journal::boot_id(),
+    };
+    // Journal first: if the runner dies from here on (even before the claim
+    // is answered), the next start finds this entry and reports it.
+    if let Err(e) = ctx.journal.record(&record) {
+        log::warn!("execution {id}: cannot write its journal entry: {e}");
+    }
+
     match claim(&ctx.api, id, &ctx.shutdown) {
         Claim::Confirmed => {}
         Claim::Refused(code) => {
             log::warn!(
                 "execution {id}: claim refused (HTTP {code}); it is no longer ours, not running it"
             );
+            ctx.journal.remove(id);
             return;
         }
         Claim::GaveUp(e) => {
@@ -83,22 +100,6 @@ fn run(ctx: &Context, job: &Job) {
             return;
         }
     }
-    let dir = workspace::execution_dir(&ctx.config.execution.execution_directory, &job.flo_id, id);
-    let mut record = Record {
-        execution_id: id.to_string(),
-        flo_id: job.flo_id.to_string(),
-        dir: dir.clone(),
-        started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        pid: None,
-        pid_start: None,
-        boot_id: journal::boot_id(),
-    };
-    // From here on the execution is ours: if the runner dies, the next start
-    // finds this entry and reports it.
-    if let Err(e) = ctx.journal.record(&record) {
-        log::warn!("execution {id}: cannot write its journal entry: {e}");
-    }
-
     let ws = match workspace::prepare(&ctx.config, &ctx.identity.identifier, job) {
         Ok(ws) => ws,
         Err(e) => {
@@ -182,11 +183,6 @@ pub fn report(
             return;
         }
     };
-    if let Some(dir) = dir {
-        if let Err(e) = fsutil::write_atomic(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
-            log::warn!("execution {id}: cannot keep a copy of the result: {e}");
-        }
-    }
     for logs in logship::batch_bodies(&unsent_lines, ctx.config.execution.log_batch_lines) {
         if let Err(e) = ctx.outbox.put(Kind::Logs, id, &logs) {
             log::warn!("execution {id}: cannot keep the last log lines in the outbox: {e}");
@@ -202,6 +198,14 @@ pub fn report(
         }
         ctx.journal.remove(id);
         return;
+    }
+    // The copy for operators comes after the outbox entry: a crash in between
+    // leaves the outbox entry, which recovery sees, never a result.json that
+    // recovery would contradict.
+    if let Some(dir) = dir {
+        if let Err(e) = fsutil::write_atomic(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
+            log::warn!("execution {id}: cannot keep a copy of the result: {e}");
+        }
     }
     ctx.journal.remove(id);
     ctx.outbox.flush(&ctx.api, id);

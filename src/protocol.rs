@@ -140,24 +140,39 @@ pub struct ExecutionResult {
     pub state: serde_json::Map<String, Value>,
 }
 
-/// API paths, relative to the base URL. Ids are validated before they get here.
+/// API paths, relative to the base URL. Ids are validated path components by
+/// the time they get here, but a valid directory name may still hold `?`, `#`
+/// or `%`, so every id is percent-encoded as one path segment.
 pub mod paths {
     pub const REGISTER: &str = "/api/v1/runner";
 
+    /// Percent-encodes everything but RFC 3986 unreserved characters.
+    pub fn segment(id: &str) -> String {
+        let mut out = String::with_capacity(id.len());
+        for b in id.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+
     pub fn poll(identifier: &str) -> String {
-        format!("/api/v1/runner/{identifier}/execution")
+        format!("/api/v1/runner/{}/execution", segment(identifier))
     }
     pub fn state(execution_id: &str) -> String {
-        format!("/api/v1/execution/{execution_id}/state")
+        format!("/api/v1/execution/{}/state", segment(execution_id))
     }
     pub fn logs(execution_id: &str) -> String {
-        format!("/api/v1/execution/{execution_id}/logs")
+        format!("/api/v1/execution/{}/logs", segment(execution_id))
     }
     pub fn status(execution_id: &str) -> String {
-        format!("/api/v1/execution/{execution_id}/status")
+        format!("/api/v1/execution/{}/status", segment(execution_id))
     }
     pub fn result(execution_id: &str) -> String {
-        format!("/api/v1/execution/{execution_id}")
+        format!("/api/v1/execution/{}", segment(execution_id))
     }
 }
 
@@ -178,6 +193,18 @@ mod tests {
     #[test]
     fn pending_execution_requires_ids() {
         assert!(serde_json::from_str::<PendingExecution>(r#"{"execution":{"id":"e"}}"#).is_err());
+    }
+
+    #[test]
+    fn ids_are_escaped_in_paths() {
+        assert_eq!(
+            paths::state("7e25-59.x_~"),
+            "/api/v1/execution/7e25-59.x_~/state"
+        );
+        assert_eq!(
+            paths::result("a?b#c%d e"),
+            "/api/v1/execution/a%3Fb%23c%25d%20e"
+        );
     }
 
     #[test]

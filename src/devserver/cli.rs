@@ -16,7 +16,7 @@ const MAIN_HELP: &str = "\
 flo-devserver: the Flomation dev control plane (the API side of the runner protocol)
 
 Usage:
-  flo-devserver [serve] --registration-code CODE [--listen ADDR] [--long-poll-secs N]
+  flo-devserver [serve] --registration-code CODE [--listen ADDR] [--long-poll-secs N] [--claim-lease-secs N]
   flo-devserver enqueue [--server URL] --flow FILE [--trigger-data JSON|@FILE] [--entry NODE] [--environment ID]
   flo-devserver list    [--server URL] [--json]
   flo-devserver show    [--server URL] ID [--wait SECS]
@@ -32,6 +32,8 @@ Options:
   --listen ADDR              address to bind (default 127.0.0.1:8080; port 0 picks one)
   --registration-code CODE   the code runners must register with (required)
   --long-poll-secs N         how long a poll waits for work before 204 (default 25; 0 = answer at once)
+  --claim-lease-secs N       an allocation not claimed (POST /state) within N s goes back to the
+                             queue, and a late claim gets 409 (default: off, allocations are final)
 
 Prints one line, `flo-devserver listening on http://HOST:PORT`, on stdout once bound.
 Logs go to stderr (RUST_LOG, default info). The admin API is under /admin.
@@ -207,7 +209,12 @@ pub fn run(args: &[String]) -> Result<i32, CliError> {
 fn cmd_serve(args: &[String]) -> Result<i32, CliError> {
     let a = Args::parse(
         args,
-        &["listen", "registration-code", "long-poll-secs"],
+        &[
+            "listen",
+            "registration-code",
+            "long-poll-secs",
+            "claim-lease-secs",
+        ],
         &[],
     )?;
     if a.help {
@@ -227,11 +234,20 @@ fn cmd_serve(args: &[String]) -> Result<i32, CliError> {
             ))
         })?,
     };
+    let claim_lease = match a.get("claim-lease-secs") {
+        None => None,
+        Some(v) => Some(Duration::from_secs(v.parse::<u64>().map_err(|_| {
+            CliError::Usage(format!(
+                "--claim-lease-secs {v:?} is not a whole number of seconds"
+            ))
+        })?)),
+    };
     init_logging();
     let options = ServeOptions {
         listen: a.get("listen").unwrap_or("127.0.0.1:8080").to_string(),
         registration_code,
         long_poll: Duration::from_secs(long_poll_secs),
+        claim_lease,
     };
     serve(&options).map_err(failed)?;
     Ok(0)

@@ -28,6 +28,8 @@ pub struct ServeOptions {
     pub listen: String,
     pub registration_code: String,
     pub long_poll: Duration,
+    /// Allocations not claimed within this go back to the queue (off if None).
+    pub claim_lease: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
         options.registration_code.clone(),
         options.long_poll,
     ));
+    app.lock().claim_lease = options.claim_lease;
     {
         let app = Arc::clone(&app);
         ctrlc::set_handler(move || app.stop())?;

@@ -133,6 +133,8 @@ pub struct Execution {
     pub completion_status: String,
     /// Identifier of the runner it is allocated to.
     pub runner: Option<String>,
+    /// When it was allocated (for the claim lease).
+    pub allocated_at: Option<std::time::Instant>,
     pub results: Vec<Value>,
     pub logs: Vec<String>,
     pub log_batches: u64,
@@ -284,6 +286,8 @@ pub struct State {
     pending: VecDeque<usize>,
     next_sequence: u64,
     pub poll_overrides: VecDeque<PollOverride>,
+    /// Allocations not claimed within this go back to the queue.
+    pub claim_lease: Option<std::time::Duration>,
     pub faults: Faults,
     requests: VecDeque<RequestRecord>,
     next_request_seq: u64,
@@ -357,6 +361,7 @@ impl State {
             status: Status::Pending,
             completion_status: "pending".to_string(),
             runner: None,
+            allocated_at: None,
             results: Vec::new(),
             logs: Vec::new(),
             log_batches: 0,
@@ -372,12 +377,42 @@ impl State {
     /// Gives the oldest pending execution to `runner` and returns the poll
     /// answer. Must be called with the state lock held, which it is by type.
     pub fn allocate(&mut self, runner: &str) -> Option<Value> {
+        self.requeue_unclaimed();
         let at = self.pending.pop_front()?;
         let record_id = self.runners.get(runner).map(|r| r.id.clone());
         let execution = &mut self.executions[at];
         execution.status = Status::Allocated;
         execution.runner = Some(runner.to_string());
+        execution.allocated_at = Some(std::time::Instant::now());
         Some(execution.pending_json(record_id.as_deref()))
+    }
+
+    /// With a claim lease, puts allocations nobody claimed in time back at
+    /// the front of the queue (the runner that got them may have died before
+    /// it could claim). Its late claim then gets 409.
+    pub fn requeue_unclaimed(&mut self) {
+        let Some(lease) = self.claim_lease else {
+            return;
+        };
+        let mut stale = Vec::new();
+        for (at, e) in self.executions.iter_mut().enumerate() {
+            if e.status == Status::Allocated && e.allocated_at.is_some_and(|t| t.elapsed() > lease)
+            {
+                log::warn!(
+                    "execution {} was not claimed by {} within {} s; back in the queue",
+                    e.id,
+                    e.runner.as_deref().unwrap_or("?"),
+                    lease.as_secs()
+                );
+                e.status = Status::Pending;
+                e.runner = None;
+                e.allocated_at = None;
+                stale.push(at);
+            }
+        }
+        for at in stale.into_iter().rev() {
+            self.pending.push_front(at);
+        }
     }
 
     pub fn has_pending(&self) -> bool {

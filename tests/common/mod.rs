@@ -19,11 +19,29 @@ pub fn executor_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let runner = PathBuf::from(env!("CARGO_BIN_EXE_flo-runner"));
-        let profile_dir = runner.parent().expect("binary has a directory").to_path_buf();
+        let profile_dir = runner
+            .parent()
+            .expect("binary has a directory")
+            .to_path_buf();
         let path = profile_dir.join("examples").join("example-executor");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // Always ask cargo: it is a no-op when the example is up to date.
-        let status = Command::new(cargo)
+        // Without the variables cargo sets for this test process: build
+        // scripts (ring's) track them, and a different value would make this
+        // build and the next plain `cargo` run rebuild each other.
+        let mut cmd = Command::new(cargo);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k == "CARGO_MANIFEST_DIR"
+                || k.starts_with("CARGO_PKG_")
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k.starts_with("CARGO_BIN_EXE_")
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
+        let status = cmd
             .args(["build", "--example", "example-executor"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
@@ -48,7 +66,13 @@ impl DevServer {
 
     pub fn start_with(extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flo-devserver"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--registration-code", CODE])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--registration-code",
+                CODE,
+            ])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -82,16 +106,21 @@ impl DevServer {
             .get(&format!("{}{path}", self.url))
             .call()
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        resp.into_json().expect("admin JSON")
+        let text = resp.into_string().expect("admin body");
+        serde_json::from_str(&text).expect("admin JSON")
     }
 
     pub fn post(&self, path: &str, body: Value) -> Value {
         let resp = self
             .agent
             .post(&format!("{}{path}", self.url))
-            .send_json(body)
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string())
             .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        resp.into_json().unwrap_or(Value::Null)
+        resp.into_string()
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
     }
 
     pub fn delete(&self, path: &str) {
@@ -300,8 +329,8 @@ impl Runner {
                 return status;
             }
             if Instant::now() >= deadline {
-                let log = self.log();
                 let _ = child.kill();
+                let log = self.log();
                 panic!("runner did not exit within {limit:?}; log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -317,16 +346,17 @@ impl Runner {
     /// Stops the runner and gives back its directory (for a restart).
     pub fn into_dir(mut self) -> tempfile::TempDir {
         self.stop();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-        dir
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     pub fn identifier(&self) -> String {
-        let state: Value = serde_json::from_slice(
-            &fs::read(self.path().join("flo.state")).expect("flo.state"),
-        )
-        .expect("state json");
-        state["identifier"].as_str().expect("identifier").to_string()
+        let state: Value =
+            serde_json::from_slice(&fs::read(self.path().join("flo.state")).expect("flo.state"))
+                .expect("state json");
+        state["identifier"]
+            .as_str()
+            .expect("identifier")
+            .to_string()
     }
 
     pub fn exec_dir(&self, flo: &str, id: &str) -> PathBuf {
