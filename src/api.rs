@@ -72,22 +72,37 @@ pub struct Api {
     agent: ureq::Agent,
 }
 
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(timeout)
+        .timeout_connect(Duration::from_secs(10))
+        .user_agent(&format!("flo-runner/{}", env!("CARGO_PKG_VERSION")))
+        .redirects(0)
+        .build()
+}
+
+/// Whether the API answers at all (any HTTP status counts): an unsigned GET
+/// of the status route of an execution that does not exist. For `check`.
+pub fn probe(base_url: &str) -> Result<u16, ApiError> {
+    let url = format!(
+        "{}{}",
+        base_url.trim_end_matches('/'),
+        paths::status("flo-runner-check")
+    );
+    match finish(agent(CALL_TIMEOUT).get(&url).call()) {
+        Ok(resp) => Ok(resp.status()),
+        Err(ApiError::Status { code, .. }) => Ok(code),
+        Err(e) => Err(e),
+    }
+}
+
 impl Api {
     pub fn new(base_url: &str, identity: Arc<Identity>) -> Self {
-        let user_agent = format!("flo-runner/{}", env!("CARGO_PKG_VERSION"));
-        let build = |timeout: Duration| {
-            ureq::AgentBuilder::new()
-                .timeout(timeout)
-                .timeout_connect(Duration::from_secs(10))
-                .user_agent(&user_agent)
-                .redirects(0)
-                .build()
-        };
         Self {
             base: base_url.trim_end_matches('/').to_string(),
             identity,
-            poll_agent: build(POLL_TIMEOUT),
-            agent: build(CALL_TIMEOUT),
+            poll_agent: agent(POLL_TIMEOUT),
+            agent: agent(CALL_TIMEOUT),
         }
     }
 

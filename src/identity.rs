@@ -74,6 +74,49 @@ impl Identity {
     }
 }
 
+/// For `check`: describes the identity on disk without creating anything.
+pub fn inspect(state_dir: &Path, key_path: &Path) -> Result<String, IdentityError> {
+    let state_path = state_dir.join(STATE_FILE);
+    let identifier = match fs::read(&state_path) {
+        Ok(bytes) => {
+            let state: StateFile =
+                serde_json::from_slice(&bytes).map_err(|e| IdentityError::BadState {
+                    path: state_path.clone(),
+                    why: e.to_string(),
+                })?;
+            format!("identifier {}", state.identifier)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            "no identifier yet (created at first start)".to_string()
+        }
+        Err(source) => {
+            return Err(IdentityError::Read {
+                path: state_path,
+                source,
+            })
+        }
+    };
+    let key = match fs::read(key_path) {
+        Ok(bytes) => {
+            parse_key(key_path, &bytes)?;
+            format!("key {} is a usable RSA key", key_path.display())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            format!(
+                "no key at {} yet (generated at first start)",
+                key_path.display()
+            )
+        }
+        Err(source) => {
+            return Err(IdentityError::Read {
+                path: key_path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    Ok(format!("{identifier}; {key}"))
+}
+
 fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() {
         return path.to_path_buf();

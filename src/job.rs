@@ -37,6 +37,7 @@ pub struct Context {
     pub watcher: Watcher,
     pub outbox: Outbox,
     pub journal: Journal,
+    pub health: Arc<crate::health::Health>,
     pub shutdown: Shutdown,
 }
 

@@ -9,10 +9,12 @@
 pub mod api;
 pub mod backoff;
 pub mod cancel;
+pub mod check;
 pub mod config;
 pub mod devserver;
 pub mod executor;
 pub mod fsutil;
+pub mod health;
 pub mod identity;
 pub mod ids;
 pub mod job;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use flo_runner::api::Api;
 use flo_runner::cancel::{StopReason, Watcher};
 use flo_runner::config::{self, Config};
+use flo_runner::health::{self, Health};
 use flo_runner::identity::Identity;
 use flo_runner::job::Context;
 use flo_runner::journal::Journal;
@@ -22,33 +23,58 @@ use flo_runner::pool::Pool;
 use flo_runner::protocol::{zero_time, RegistrationRequest};
 use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
-use flo_runner::{executor, fsutil, poller, recovery};
+use flo_runner::{check, executor, fsutil, poller, recovery};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const HELP: &str = "\
 flo-runner: a worker agent for the Flomation API
 
-Usage: flo-runner [--config PATH]
+Usage:
+  flo-runner [--config PATH]         run until SIGINT or SIGTERM
+  flo-runner check [--config PATH]   check the configuration, key, directories,
+                                     executor and API; print a checklist
+  flo-runner health [--config PATH]  exit 0 if the runner using this state
+                                     directory is registered and polling
 
 Options:
-  -c, --config PATH   configuration file (default: ./config.json; it may be
-                      absent when FLOMATION_API / RUNNER_URL and
-                      FLOMATION_REGISTRATION_CODE / RUNNER_REGISTRATION_CODE are set)
+  -c, --config PATH   configuration file (default: $FLO_RUNNER_CONFIG, else
+                      ./config.json, which may be absent when FLOMATION_API /
+                      RUNNER_URL and FLOMATION_REGISTRATION_CODE /
+                      RUNNER_REGISTRATION_CODE are set)
   -V, --version       print the version and exit
   -h, --help          print this help and exit
 
-Runs until SIGINT or SIGTERM: a first signal stops polling and lets running
-executions finish (up to runner.shutdown_grace_secs); a second stops them now.
-Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.";
+A first SIGTERM/SIGINT stops polling and lets running executions finish (up to
+runner.shutdown_grace_secs); a second stops them now. Logs go to stderr:
+RUST_LOG sets the level (default info), FLO_LOG_FORMAT=json writes JSON lines.";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Check,
+    Health,
+}
 
 enum Cli {
-    Run { config: PathBuf, explicit: bool },
+    Go {
+        mode: Mode,
+        config: PathBuf,
+        explicit: bool,
+    },
     Exit(ExitCode),
 }
 
 fn parse_args() -> Cli {
-    let mut args = std::env::args_os().skip(1);
+    let mut args = std::env::args_os().skip(1).peekable();
+    let mode = match args.peek().and_then(|a| a.to_str()) {
+        Some("check") => Mode::Check,
+        Some("health") => Mode::Health,
+        _ => Mode::Run,
+    };
+    if mode != Mode::Run {
+        args.next();
+    }
     let mut config = None;
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -79,46 +105,99 @@ fn parse_args() -> Cli {
             }
         }
     }
-    match config {
-        Some(config) => Cli::Run {
+    // --config, then $FLO_RUNNER_CONFIG (both must exist), then ./config.json.
+    let from_env = std::env::var_os("FLO_RUNNER_CONFIG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    match config.or(from_env) {
+        Some(config) => Cli::Go {
+            mode,
             config,
             explicit: true,
         },
-        None => Cli::Run {
+        None => Cli::Go {
+            mode,
             config: PathBuf::from(config::DEFAULT_CONFIG_FILE),
             explicit: false,
         },
     }
 }
 
+fn init_logging() {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var("FLO_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    } else {
+        builder.format_target(false);
+    }
+    builder.init();
+}
+
 fn main() -> ExitCode {
-    let (path, explicit) = match parse_args() {
-        Cli::Run { config, explicit } => (config, explicit),
+    let (mode, path, explicit) = match parse_args() {
+        Cli::Go {
+            mode,
+            config,
+            explicit,
+        } => (mode, config, explicit),
         Cli::Exit(code) => return code,
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    init_logging();
     // No backtraces for users: a panic is a bug, reported in one line.
     std::panic::set_hook(Box::new(|info| {
         log::error!("internal error (please report): {info}");
     }));
 
-    match run(&path, explicit) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            log::error!("{message}");
-            ExitCode::from(1)
+    let loaded = config::load(&path, explicit, &|name| std::env::var(name).ok());
+    let (config, warnings) = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
         }
-    }
-}
-
-fn run(path: &std::path::Path, explicit: bool) -> Result<(), String> {
-    let (config, warnings) = config::load(path, explicit, &|name| std::env::var(name).ok())
-        .map_err(|e| e.to_string())?;
+    };
     for w in warnings {
         log::warn!("{w}");
     }
+    match mode {
+        Mode::Health => match health::check(&config.execution.state_directory) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("unhealthy: {why}");
+                ExitCode::from(1)
+            }
+        },
+        Mode::Check => {
+            if check::run(&config, &mut std::io::stdout()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Mode::Run => match run(config, &path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                log::error!("{message}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     match &config.source {
         Some(p) => log::info!("flo-runner {VERSION} starting with {}", p.display()),
         None => log::info!(
@@ -163,8 +242,10 @@ fn run(path: &std::path::Path, explicit: bool) -> Result<(), String> {
         manifest: discovery.manifest,
         public_key: Some(identity.public_key_pem.clone()),
     };
+    let health = Arc::new(Health::default());
+    health.start_writer(&config.execution.state_directory, shutdown.clone());
     match registration::register(&api, &body, &config.runner.registration_retry, &shutdown) {
-        Ok(_) => {}
+        Ok(_) => health.mark_registered(),
         Err(RegistrationError::Interrupted) => {
             log::info!("stopped before registration completed");
             return Ok(());
@@ -202,6 +283,7 @@ fn run(path: &std::path::Path, explicit: bool) -> Result<(), String> {
         watcher: watcher.clone(),
         outbox: outbox.clone(),
         journal,
+        health: health.clone(),
         shutdown: shutdown.clone(),
     });
     let pool = Arc::new(

@@ -42,7 +42,11 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
     let mut backoff = Backoff::new(ERROR_BACKOFF_BASE, ERROR_BACKOFF_MAX);
     let checkin = ctx.config.runner.checkin_timeout;
     loop {
-        if !pool.slots.wait_free(&ctx.shutdown) {
+        ctx.health.poll_tick();
+        if !pool
+            .slots
+            .wait_free(&ctx.shutdown, &|| ctx.health.poll_tick())
+        {
             break;
         }
         {
@@ -54,6 +58,7 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
         }
         let started = Instant::now();
         let answer = ctx.api.poll();
+        ctx.health.poll_tick();
 
         let mut g = gate.lock();
         g.poll_in_flight = false;

@@ -31,9 +31,11 @@ impl Slots {
     }
 
     /// Blocks until a slot is free. Returns `false` if shutdown came first.
-    pub fn wait_free(&self, shutdown: &Shutdown) -> bool {
+    /// `tick` is called about every 200 ms while waiting (liveness).
+    pub fn wait_free(&self, shutdown: &Shutdown, tick: &dyn Fn()) -> bool {
         let mut busy = self.lock();
         loop {
+            tick();
             if shutdown.is_requested() {
                 return false;
             }
