@@ -3,7 +3,7 @@
 
 use std::io::{BufReader, Read};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -121,7 +121,8 @@ impl Api {
             .agent
             .post(&self.url(paths::REGISTER))
             .set("Content-Type", "application/json");
-        let resp = finish(req.send_bytes(&bytes))?;
+        let started = Instant::now();
+        let resp = timed("register", started, req.send_bytes(&bytes))?;
         Ok(resp.status())
     }
 
@@ -132,7 +133,7 @@ impl Api {
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
         let path = paths::poll(self.identity.identifier.as_str());
-        let resp = self.post_signed(&self.poll_agent, &path, &bytes)?;
+        let resp = self.post_signed("poll", &self.poll_agent, &path, &bytes)?;
         if resp.status() == 204 {
             return Ok(PollAnswer::NoWork);
         }
@@ -168,7 +169,7 @@ impl Api {
             state: "running".to_string(),
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
-        let resp = self.post_signed(&self.agent, &paths::state(id.as_str()), &bytes)?;
+        let resp = self.post_signed("state", &self.agent, &paths::state(id.as_str()), &bytes)?;
         Ok(resp.status())
     }
 
@@ -181,7 +182,7 @@ impl Api {
 
     /// `POST /api/v1/execution/{id}/logs` with an already-serialised body.
     pub fn send_logs_body(&self, id: &ExecutionId, body: &[u8]) -> Result<(), ApiError> {
-        self.post_signed(&self.agent, &paths::logs(id.as_str()), body)?;
+        self.post_signed("logs", &self.agent, &paths::logs(id.as_str()), body)?;
         Ok(())
     }
 
@@ -197,14 +198,15 @@ impl Api {
             .get(&self.url(&paths::status(id.as_str())))
             .timeout(timeout)
             .set(SIGNATURE_HEADER, &signature);
-        let resp = finish(req.call())?;
+        let started = Instant::now();
+        let resp = timed("status", started, req.call())?;
         read_json(resp)
     }
 
     /// `POST /api/v1/execution/{id}` with the already-serialised result, so
     /// that a retry sends exactly the same bytes.
     pub fn send_result(&self, id: &ExecutionId, body: &[u8]) -> Result<u16, ApiError> {
-        let resp = self.post_signed(&self.agent, &paths::result(id.as_str()), body)?;
+        let resp = self.post_signed("result", &self.agent, &paths::result(id.as_str()), body)?;
         Ok(resp.status())
     }
 
@@ -214,6 +216,7 @@ impl Api {
 
     fn post_signed(
         &self,
+        route: &'static str,
         agent: &ureq::Agent,
         path: &str,
         body: &[u8],
@@ -223,8 +226,24 @@ impl Api {
             .post(&self.url(path))
             .set("Content-Type", "application/json")
             .set(SIGNATURE_HEADER, &signature);
-        finish(req.send_bytes(body))
+        let started = Instant::now();
+        timed(route, started, req.send_bytes(body))
     }
+}
+
+/// Runs one request, recording its route, status and latency in the metrics.
+fn timed(
+    route: &'static str,
+    started: Instant,
+    result: Result<ureq::Response, ureq::Error>,
+) -> Result<ureq::Response, ApiError> {
+    let result = finish(result);
+    let status = match &result {
+        Ok(resp) => Some(resp.status()),
+        Err(e) => e.status(),
+    };
+    crate::metrics::global().api_request(route, status, started.elapsed());
+    result
 }
 
 /// Maps ureq's result: non-2xx answers become `ApiError::Status` with a short

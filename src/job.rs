@@ -57,6 +57,7 @@ pub fn handle(ctx: &Context, work: Work) {
         Work::Run(job) => run(ctx, &job),
         Work::Reject { execution_id, why } => {
             log::error!("execution {execution_id}: not run: {why}");
+            crate::metrics::global().execution_finished("rejected");
             report(ctx, &execution_id, Vec::new(), &report::errored(&why), None);
         }
     }
@@ -111,6 +112,9 @@ fn run(ctx: &Context, job: &Job) {
         }
     };
     let args = executor::arguments(&ctx.config, &ctx.identity, job, &ws);
+    crate::metrics::global()
+        .executions_started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     log::info!("execution {id}: starting executor in {}", ws.dir.display());
     let started = Instant::now();
 
@@ -164,6 +168,12 @@ fn run(ctx: &Context, job: &Job) {
         s.tail.render()
     };
     let result = report::build(Some(&ws.dir), &outcome.status, outcome.stopped, logs);
+    crate::metrics::global().execution_finished(match outcome.stopped {
+        Some(crate::cancel::StopReason::TimedOut(_)) => "timed_out",
+        Some(_) => "cancelled",
+        None if result.has_errored => "errored",
+        None => "success",
+    });
     report(ctx, id, unsent, &result, Some(&ws.dir));
 }
 

@@ -20,6 +20,7 @@ pub mod ids;
 pub mod job;
 pub mod journal;
 pub mod logship;
+pub mod metrics;
 pub mod outbox;
 pub mod output;
 pub mod poller;

@@ -106,6 +106,9 @@ impl LogShipper {
             if let Some(old) = q.lines.pop_front() {
                 q.bytes -= old.len();
                 q.dropped += 1;
+                crate::metrics::global()
+                    .log_lines_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         q.bytes += line.len();
@@ -231,6 +234,9 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
         q.sending = false;
         match result {
             Ok(()) => {
+                crate::metrics::global()
+                    .log_lines_shipped
+                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 q.backoff.reset();
                 q.retry_at = None;
                 q.oldest_at = (!q.lines.is_empty()).then(Instant::now);

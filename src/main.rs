@@ -23,7 +23,7 @@ use flo_runner::pool::Pool;
 use flo_runner::protocol::{zero_time, RegistrationRequest};
 use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
-use flo_runner::{check, executor, fsutil, poller, recovery};
+use flo_runner::{check, executor, fsutil, metrics, poller, recovery};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -242,18 +242,8 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         manifest: discovery.manifest,
         public_key: Some(identity.public_key_pem.clone()),
     };
-    let health = Arc::new(Health::default());
-    health.start_writer(&config.execution.state_directory, shutdown.clone());
-    match registration::register(&api, &body, &config.runner.registration_retry, &shutdown) {
-        Ok(_) => health.mark_registered(),
-        Err(RegistrationError::Interrupted) => {
-            log::info!("stopped before registration completed");
-            return Ok(());
-        }
-        Err(e) => return Err(e.to_string()),
-    }
-
-    // Reports and crashed executions from a previous run go out beside polling.
+    // Executions a crashed previous run left: stop their executors now and
+    // queue their results; the outbox goes out once registered, beside polling.
     let state_dir = &config.execution.state_directory;
     let outbox = Outbox::open(state_dir)
         .map_err(|e| format!("cannot open the outbox in {}: {e}", state_dir.display()))?;
@@ -265,8 +255,9 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         config.execution.kill_grace,
         config.execution.max_log_bytes,
     );
-    outbox.start_sender(api.clone(), shutdown.clone());
 
+    let health = Arc::new(Health::default());
+    health.start_writer(&config.execution.state_directory, shutdown.clone());
     let shipper = LogShipper::start(
         api.clone(),
         config.execution.log_batch_lines,
@@ -278,7 +269,7 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     let ctx = Arc::new(Context {
         config: config.clone(),
         identity,
-        api,
+        api: api.clone(),
         shipper,
         watcher: watcher.clone(),
         outbox: outbox.clone(),
@@ -289,6 +280,33 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     let pool = Arc::new(
         Pool::start(ctx.clone(), workers).map_err(|e| format!("cannot start workers: {e}"))?,
     );
+    if let Some(addr) = config.runner.metrics_listen {
+        let gauges = metrics::Gauges {
+            health: health.clone(),
+            busy: Box::new({
+                let pool = pool.clone();
+                move || pool.slots.busy()
+            }),
+            slots: workers,
+            outbox_depth: Box::new({
+                let outbox = outbox.clone();
+                move || outbox.depth()
+            }),
+        };
+        let bound = metrics::serve(addr, gauges)?;
+        log::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");
+    }
+    match registration::register(&api, &body, &config.runner.registration_retry, &shutdown) {
+        Ok(_) => health.mark_registered(),
+        Err(RegistrationError::Interrupted) => {
+            log::info!("stopped before registration completed");
+            return Ok(());
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+
+    outbox.start_sender(api.clone(), shutdown.clone());
+
     let gate = poller::gate();
     {
         let (ctx, pool, gate) = (ctx.clone(), pool.clone(), gate.clone());

@@ -226,7 +226,13 @@ impl Outbox {
         };
         let result = match fs::read(&path) {
             Ok(body) => match kind {
-                Kind::Logs => api.send_logs_body(&id, &body).map(|_| ()),
+                Kind::Logs => api.send_logs_body(&id, &body).map(|_| {
+                    let lines = serde_json::from_slice::<crate::protocol::LogBatch>(&body)
+                        .map_or(0, |b| b.lines.len() as u64);
+                    crate::metrics::global()
+                        .log_lines_shipped
+                        .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+                }),
                 Kind::Result => api.send_result(&id, &body).map(|_| ()),
             },
             Err(e) => {

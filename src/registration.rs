@@ -68,7 +68,7 @@ pub fn register(
             }
         };
         let Some(wait) = wait else {
-            log::error!("{last}");
+            // The caller prints the error (one line, with `last` in it).
             return Err(RegistrationError::GaveUp {
                 url: api.base_url().to_string(),
                 attempts,

@@ -1,0 +1,255 @@
+//! Prometheus metrics and `/healthz`, served on `runner.metrics_listen` when
+//! it is set. Counters are process-wide atomics (or small maps for labelled
+//! series); rendering happens only when scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use crate::health::Health;
+
+/// Upper bounds of the API latency histogram, in seconds.
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub executions_started: AtomicU64,
+    finished: Mutex<BTreeMap<&'static str, u64>>,
+    requests: Mutex<BTreeMap<(&'static str, String), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    pub log_lines_shipped: AtomicU64,
+    pub log_lines_dropped: AtomicU64,
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+impl Metrics {
+    /// `outcome`: success, errored, cancelled, timed_out, rejected.
+    pub fn execution_finished(&self, outcome: &'static str) {
+        *self
+            .finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
+    /// One API call: its route, its HTTP status (or `error`), how long it took.
+    pub fn api_request(&self, route: &'static str, status: Option<u16>, took: Duration) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route, status))
+            .or_default() += 1;
+        let secs = took.as_secs_f64();
+        let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let h = latency.entry(route).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+}
+
+/// Values that live elsewhere, read at scrape time.
+pub struct Gauges {
+    pub health: Arc<Health>,
+    pub busy: Box<dyn Fn() -> usize + Send + Sync>,
+    pub slots: usize,
+    pub outbox_depth: Box<dyn Fn() -> usize + Send + Sync>,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The Prometheus text exposition of everything.
+pub fn render(m: &Metrics, g: &Gauges) -> String {
+    let out = &mut String::with_capacity(4096);
+    family(out, "flo_runner_build_info", "gauge", "Build information.");
+    let _ = writeln!(
+        out,
+        "flo_runner_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        out,
+        "flo_runner_registered",
+        "gauge",
+        "1 when registered with the API.",
+    );
+    let _ = writeln!(
+        out,
+        "flo_runner_registered {}",
+        u8::from(g.health.is_registered())
+    );
+    family(
+        out,
+        "flo_runner_executions_started_total",
+        "counter",
+        "Executions claimed and started.",
+    );
+    let _ = writeln!(
+        out,
+        "flo_runner_executions_started_total {}",
+        m.executions_started.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "flo_runner_executions_finished_total",
+        "counter",
+        "Executions finished, by outcome.",
+    );
+    for (outcome, n) in m.finished.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "flo_runner_executions_finished_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    let busy = (g.busy)();
+    family(
+        out,
+        "flo_runner_executions_running",
+        "gauge",
+        "Executions running now.",
+    );
+    let _ = writeln!(out, "flo_runner_executions_running {busy}");
+    family(
+        out,
+        "flo_runner_slots_free",
+        "gauge",
+        "Free executor slots.",
+    );
+    let _ = writeln!(
+        out,
+        "flo_runner_slots_free {}",
+        g.slots.saturating_sub(busy)
+    );
+    family(
+        out,
+        "flo_runner_api_requests_total",
+        "counter",
+        "API requests by route and HTTP status (error = no answer).",
+    );
+    for ((route, status), n) in m.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(
+            out,
+            "flo_runner_api_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+        );
+    }
+    family(
+        out,
+        "flo_runner_api_request_duration_seconds",
+        "histogram",
+        "API request latency by route.",
+    );
+    for (route, h) in m.latency.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "flo_runner_api_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "flo_runner_api_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "flo_runner_api_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+            h.sum
+        );
+        let _ = writeln!(
+            out,
+            "flo_runner_api_request_duration_seconds_count{{route=\"{route}\"}} {}",
+            h.count
+        );
+    }
+    family(
+        out,
+        "flo_runner_log_lines_shipped_total",
+        "counter",
+        "Log lines the API accepted.",
+    );
+    let _ = writeln!(
+        out,
+        "flo_runner_log_lines_shipped_total {}",
+        m.log_lines_shipped.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "flo_runner_log_lines_dropped_total",
+        "counter",
+        "Log lines dropped while the API was slow or down.",
+    );
+    let _ = writeln!(
+        out,
+        "flo_runner_log_lines_dropped_total {}",
+        m.log_lines_dropped.load(Ordering::Relaxed)
+    );
+    family(
+        out,
+        "flo_runner_outbox_depth",
+        "gauge",
+        "Reports waiting in the outbox.",
+    );
+    let _ = writeln!(out, "flo_runner_outbox_depth {}", (g.outbox_depth)());
+    std::mem::take(out)
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from a background thread.
+pub fn serve(addr: SocketAddr, gauges: Gauges) -> Result<SocketAddr, String> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|e| format!("cannot serve metrics on {addr} (runner.metrics_listen): {e}"))?;
+    let bound = server.server_addr().to_ip().unwrap_or(addr);
+    thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (code, body, kind) = match (request.method(), request.url()) {
+                    (tiny_http::Method::Get, "/metrics") => (
+                        200,
+                        render(global(), &gauges),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                    (tiny_http::Method::Get, "/healthz") => match gauges.health.problem() {
+                        None => (200, "ok\n".to_string(), "text/plain; charset=utf-8"),
+                        Some(why) => (503, format!("{why}\n"), "text/plain; charset=utf-8"),
+                    },
+                    _ => (404, "not found\n".to_string(), "text/plain; charset=utf-8"),
+                };
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes());
+                let mut response = tiny_http::Response::from_string(body).with_status_code(code);
+                if let Ok(h) = header {
+                    response = response.with_header(h);
+                }
+                let _ = request.respond(response);
+            }
+        })
+        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+    Ok(bound)
+}
