@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::identity::Identity;
 use crate::ids::ExecutionId;
+use crate::net::Net;
 use crate::protocol::{self, paths, PendingExecution, SIGNATURE_HEADER};
 
 /// Longer than the API's 25 s long-poll (the Go runner uses 35 s too).
@@ -72,24 +73,28 @@ pub struct Api {
     agent: ureq::Agent,
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::AgentBuilder::new()
+fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
+    let mut builder = ureq::AgentBuilder::new()
         .timeout(timeout)
         .timeout_connect(Duration::from_secs(10))
         .user_agent(&format!("flo-runner/{}", env!("CARGO_PKG_VERSION")))
         .redirects(0)
-        .build()
+        .tls_config(net.tls.clone());
+    if let Some(proxy) = &net.proxy {
+        builder = builder.proxy(proxy.clone());
+    }
+    builder.build()
 }
 
 /// Whether the API answers at all (any HTTP status counts): an unsigned GET
 /// of the status route of an execution that does not exist. For `check`.
-pub fn probe(base_url: &str) -> Result<u16, ApiError> {
+pub fn probe(base_url: &str, net: &Net) -> Result<u16, ApiError> {
     let url = format!(
         "{}{}",
         base_url.trim_end_matches('/'),
         paths::status("flo-runner-check")
     );
-    match finish(agent(CALL_TIMEOUT).get(&url).call()) {
+    match finish(agent(CALL_TIMEOUT, net).get(&url).call()) {
         Ok(resp) => Ok(resp.status()),
         Err(ApiError::Status { code, .. }) => Ok(code),
         Err(e) => Err(e),
@@ -97,12 +102,12 @@ pub fn probe(base_url: &str) -> Result<u16, ApiError> {
 }
 
 impl Api {
-    pub fn new(base_url: &str, identity: Arc<Identity>) -> Self {
+    pub fn new(base_url: &str, identity: Arc<Identity>, net: &Net) -> Self {
         Self {
             base: base_url.trim_end_matches('/').to_string(),
             identity,
-            poll_agent: agent(POLL_TIMEOUT),
-            agent: agent(CALL_TIMEOUT),
+            poll_agent: agent(POLL_TIMEOUT, net),
+            agent: agent(CALL_TIMEOUT, net),
         }
     }
 

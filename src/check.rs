@@ -56,7 +56,24 @@ pub fn run(config: &Config, out: &mut dyn std::io::Write) -> bool {
         ),
         Err(e) => line(false, "executor", e.to_string()),
     }
-    match api::probe(&config.runner.url) {
+    let net = match crate::net::Net::from_config(config, &|k| std::env::var(k).ok()) {
+        Ok(net) => {
+            line(
+                true,
+                "network",
+                match &net.proxy_url {
+                    Some(p) => format!("TLS settings usable; proxy {p}"),
+                    None => "TLS settings usable; no proxy".to_string(),
+                },
+            );
+            net
+        }
+        Err(e) => {
+            line(false, "network", e.to_string());
+            crate::net::Net::system()
+        }
+    };
+    match api::probe(&config.runner.url, &net) {
         Ok(code) => line(
             true,
             "API",

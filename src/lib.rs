@@ -21,6 +21,7 @@ pub mod job;
 pub mod journal;
 pub mod logship;
 pub mod metrics;
+pub mod net;
 pub mod outbox;
 pub mod output;
 pub mod poller;

@@ -18,6 +18,7 @@ use flo_runner::identity::Identity;
 use flo_runner::job::Context;
 use flo_runner::journal::Journal;
 use flo_runner::logship::LogShipper;
+use flo_runner::net::Net;
 use flo_runner::outbox::Outbox;
 use flo_runner::pool::Pool;
 use flo_runner::protocol::{zero_time, RegistrationRequest};
@@ -228,7 +229,11 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     let discovery = executor::discover(&config).map_err(|e| e.to_string())?;
     log::info!("executor version {}", discovery.version.trim());
 
-    let api = Arc::new(Api::new(&config.runner.url, identity.clone()));
+    let net = Net::from_config(&config, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    if let Some(proxy) = &net.proxy_url {
+        log::info!("reaching the API through the proxy {proxy}");
+    }
+    let api = Arc::new(Api::new(&config.runner.url, identity.clone(), &net));
     let body = RegistrationRequest {
         id: String::new(),
         identifier: identity.identifier.to_string(),
