@@ -89,6 +89,11 @@ pub struct ExecutionConfig {
     pub log_batch_lines: usize,
     pub log_flush: Duration,
     pub max_output_file_bytes: u64,
+    /// Finished execution directories older than this are removed (`None`: kept).
+    pub retention: Option<Duration>,
+    /// Finished execution directories are removed, oldest first, while they
+    /// total more than this (`None`: no limit).
+    pub retention_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -147,6 +152,8 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("execution", "log_batch_lines"),
     ("execution", "log_flush_ms"),
     ("execution", "max_output_file_bytes"),
+    ("execution", "retention_hours"),
+    ("execution", "retention_max_bytes"),
     ("tls", "enabled"),
     ("tls", "ca_cert"),
     ("tls", "cert"),
@@ -347,6 +354,21 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
         )?
         .unwrap_or(104_857_600);
 
+    let retention_hours = src
+        .uint(
+            "execution",
+            "retention_hours",
+            &["FLOMATION_RUNNER_RETENTION_HOURS"],
+        )?
+        .unwrap_or(72);
+    let retention_max_bytes = src
+        .uint(
+            "execution",
+            "retention_max_bytes",
+            &["FLOMATION_RUNNER_RETENTION_MAX_BYTES"],
+        )?
+        .unwrap_or(2 * 1024 * 1024 * 1024);
+
     let tls = TlsConfig {
         enabled: src
             .boolean("tls", "enabled", &["MTLS_ENABLED"])?
@@ -391,6 +413,9 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             log_batch_lines: usize::try_from(log_batch_lines).unwrap_or(usize::MAX),
             log_flush: Duration::from_millis(log_flush_ms),
             max_output_file_bytes,
+            retention: (retention_hours > 0)
+                .then(|| Duration::from_secs(retention_hours.saturating_mul(3600))),
+            retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),
         },
         tls,
     })

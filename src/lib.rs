@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod recovery;
 pub mod registration;
 pub mod report;
+pub mod retention;
 pub mod shutdown;
 pub mod signing;
 pub mod workspace;

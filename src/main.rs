@@ -24,7 +24,7 @@ use flo_runner::pool::Pool;
 use flo_runner::protocol::{zero_time, RegistrationRequest};
 use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
-use flo_runner::{check, executor, fsutil, metrics, poller, recovery};
+use flo_runner::{check, executor, fsutil, metrics, poller, recovery, retention};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -311,6 +311,13 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     }
 
     outbox.start_sender(api.clone(), shutdown.clone());
+    retention::Retention::new(
+        &config.execution.execution_directory,
+        state_dir,
+        config.execution.retention,
+        config.execution.retention_max_bytes,
+    )
+    .start(shutdown.clone());
 
     let gate = poller::gate();
     {
