@@ -1,7 +1,7 @@
 # flo-runner: the two commands a new machine needs are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build release demo test lint fmt bench chaos clean
+.PHONY: all build release demo test lint fmt bench chaos deploy-check clean
 
 all: build
 
@@ -35,6 +35,10 @@ chaos:
 	$(CARGO) build --bins --examples
 	CHAOS_RUNNERS=6 CHAOS_SLOTS=4 CHAOS_EXECUTIONS=300 CHAOS_LIMIT_SECS=900 \
 		$(CARGO) test --test chaos -- --nocapture
+
+## Offline checks of the deployment files (shellcheck, hadolint, kubernetes-validate, systemd-analyze, entrypoint tests).
+deploy-check:
+	sh deploy/check.sh
 
 clean:
 	$(CARGO) clean

@@ -198,6 +198,27 @@ pub fn load(
     Ok((config, warnings))
 }
 
+/// Only `execution.state_directory` (file, then environment, then default),
+/// for `flo-runner health`, which must work even where the rest of the
+/// configuration (the URL, the code) lives only in the runner's environment.
+pub fn state_directory(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    let from_env = env("FLOMATION_RUNNER_STATE_DIRECTORY").filter(|v| !v.trim().is_empty());
+    let from_file = || {
+        let bytes = std::fs::read(path).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        v.get("execution")?
+            .get("state_directory")?
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    PathBuf::from(
+        from_env
+            .or_else(from_file)
+            .unwrap_or_else(|| "./".to_string()),
+    )
+}
+
 fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
     let url = src
         .string("runner", "url", &["FLOMATION_API", "RUNNER_URL"])?

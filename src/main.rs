@@ -159,6 +159,21 @@ fn main() -> ExitCode {
         log::error!("internal error (please report): {info}");
     }));
 
+    if mode == Mode::Health {
+        // Only the state directory matters; the runner being checked may have
+        // its URL and code in an environment this process does not share.
+        let state_dir = config::state_directory(&path, &|name| std::env::var(name).ok());
+        return match health::check(&state_dir) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("unhealthy: {why}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let loaded = config::load(&path, explicit, &|name| std::env::var(name).ok());
     let (config, warnings) = match loaded {
         Ok(c) => c,
@@ -171,16 +186,7 @@ fn main() -> ExitCode {
         log::warn!("{w}");
     }
     match mode {
-        Mode::Health => match health::check(&config.execution.state_directory) {
-            Ok(msg) => {
-                println!("{msg}");
-                ExitCode::SUCCESS
-            }
-            Err(why) => {
-                println!("unhealthy: {why}");
-                ExitCode::from(1)
-            }
-        },
+        Mode::Health => ExitCode::from(1),
         Mode::Check => {
             if check::run(&config, &mut std::io::stdout()) {
                 ExitCode::SUCCESS

@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::client::Client;
 use super::server::{serve, ServeOptions};
+use super::tls::{self, TlsFiles};
 
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
@@ -17,10 +19,14 @@ flo-devserver: the Flomation dev control plane (the API side of the runner proto
 
 Usage:
   flo-devserver [serve] --registration-code CODE [--listen ADDR] [--long-poll-secs N] [--claim-lease-secs N]
+                        [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
   flo-devserver enqueue [--server URL] --flow FILE [--trigger-data JSON|@FILE] [--entry NODE] [--environment ID]
   flo-devserver list    [--server URL] [--json]
   flo-devserver show    [--server URL] ID [--wait SECS]
   flo-devserver cancel  [--server URL] ID
+
+The admin subcommands also take --ca-cert FILE and --client-cert FILE --client-key FILE
+for an https:// server with a private CA or required client certificates.
 
 Run `flo-devserver SUBCOMMAND --help` for details. --version prints the version.
 ";
@@ -35,8 +41,17 @@ Options:
   --claim-lease-secs N       an allocation not claimed (POST /state) within N s goes back to the
                              queue, and a late claim gets 409 (default: off, allocations are final)
 
-Prints one line, `flo-devserver listening on http://HOST:PORT`, on stdout once bound.
-Logs go to stderr (RUST_LOG, default info). The admin API is under /admin.
+TLS (all PEM files):
+  --tls-cert FILE            serve HTTPS with this certificate chain (leaf first); its names
+                             must cover the URL runners use (e.g. IP 127.0.0.1, DNS localhost)
+  --tls-key FILE             the certificate's private key (PKCS#8, PKCS#1 or SEC1)
+  --tls-client-ca FILE       require a client certificate signed by a CA in FILE; a client
+                             without one fails the handshake (runner: tls.enabled, tls.cert,
+                             tls.key). This applies to the admin API too.
+
+Prints one line, `flo-devserver listening on http://HOST:PORT` (https:// with TLS), on stdout
+once bound. Logs go to stderr (RUST_LOG, default info); failed TLS handshakes are logged with
+the reason. The admin API is under /admin.
 ";
 
 const ENQUEUE_HELP: &str = "\
@@ -48,29 +63,46 @@ Options:
   --trigger-data JSON|@FILE    trigger data, inline JSON or @file
   --entry NODE                 entry node id
   --environment ID             environment id
+  --ca-cert FILE               trust this CA (PEM) for an https:// server
+  --client-cert FILE           client certificate (PEM), with --client-key, when the server
+                               requires one (--tls-client-ca)
+  --client-key FILE            its private key (PEM)
 ";
 
 const LIST_HELP: &str = "\
 flo-devserver list: list executions in enqueue order
 
 Options:
-  --server URL   the dev server (default http://127.0.0.1:8080)
-  --json         one JSON object per line instead of a table
+  --server URL         the dev server (default http://127.0.0.1:8080)
+  --json               one JSON object per line instead of a table
+  --ca-cert FILE       trust this CA (PEM) for an https:// server
+  --client-cert FILE   client certificate (PEM), with --client-key, when the server requires
+                       one (--tls-client-ca)
+  --client-key FILE    its private key (PEM)
 ";
 
 const SHOW_HELP: &str = "\
 flo-devserver show ID: print an execution (status, logs, results) as JSON
 
 Options:
-  --server URL   the dev server (default http://127.0.0.1:8080)
-  --wait SECS    poll until the execution is completed; exit 1 if it is not within SECS
+  --server URL         the dev server (default http://127.0.0.1:8080)
+  --wait SECS          poll until the execution is completed; exit 1 if it is not
+                       within SECS
+  --ca-cert FILE       trust this CA (PEM) for an https:// server
+  --client-cert FILE   client certificate (PEM), with --client-key, when the server requires
+                       one (--tls-client-ca)
+  --client-key FILE    its private key (PEM)
 ";
 
 const CANCEL_HELP: &str = "\
 flo-devserver cancel ID: ask the runner to stop an execution (completion_status `cancel`)
 
 Options:
-  --server URL   the dev server (default http://127.0.0.1:8080)
+  --server URL         the dev server (default http://127.0.0.1:8080)
+  --ca-cert FILE       trust this CA (PEM) for an https:// server
+  --client-cert FILE   client certificate (PEM), with --client-key, when the server requires
+                       one (--tls-client-ca)
+  --client-key FILE    its private key (PEM)
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +191,25 @@ impl Args {
         self.flags.contains(&name)
     }
 
-    fn server(&self) -> Client {
-        Client::new(self.get("server").unwrap_or(DEFAULT_SERVER))
+    /// The admin client for `--server`, with `--ca-cert` and
+    /// `--client-cert`/`--client-key` when given.
+    fn server(&self) -> Result<Client, CliError> {
+        let url = self.get("server").unwrap_or(DEFAULT_SERVER);
+        let ca = self.get("ca-cert").map(Path::new);
+        let identity = match (self.get("client-cert"), self.get("client-key")) {
+            (Some(c), Some(k)) => Some((Path::new(c), Path::new(k))),
+            (None, None) => None,
+            _ => {
+                return Err(CliError::Usage(
+                    "--client-cert and --client-key go together".into(),
+                ))
+            }
+        };
+        if ca.is_none() && identity.is_none() {
+            return Ok(Client::new(url));
+        }
+        let config = tls::client_config(ca, identity).map_err(failed)?;
+        Ok(Client::with_tls(url, config))
     }
 
     fn no_positional(&self) -> Result<(), CliError> {
@@ -214,6 +263,9 @@ fn cmd_serve(args: &[String]) -> Result<i32, CliError> {
             "registration-code",
             "long-poll-secs",
             "claim-lease-secs",
+            "tls-cert",
+            "tls-key",
+            "tls-client-ca",
         ],
         &[],
     )?;
@@ -242,15 +294,41 @@ fn cmd_serve(args: &[String]) -> Result<i32, CliError> {
             ))
         })?)),
     };
+    let tls = match (a.get("tls-cert"), a.get("tls-key"), a.get("tls-client-ca")) {
+        (Some(cert), Some(key), client_ca) => Some(TlsFiles {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            client_ca: client_ca.map(PathBuf::from),
+        }),
+        (None, None, None) => None,
+        (None, None, Some(_)) => {
+            return Err(CliError::Usage(
+                "--tls-client-ca needs --tls-cert and --tls-key".into(),
+            ))
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "--tls-cert and --tls-key go together".into(),
+            ))
+        }
+    };
     init_logging();
     let options = ServeOptions {
         listen: a.get("listen").unwrap_or("127.0.0.1:8080").to_string(),
         registration_code,
         long_poll: Duration::from_secs(long_poll_secs),
         claim_lease,
+        tls,
     };
     serve(&options).map_err(failed)?;
     Ok(0)
+}
+
+/// The admin subcommands' options plus the client TLS options.
+fn with_tls(valued: &[&'static str]) -> Vec<&'static str> {
+    let mut all = valued.to_vec();
+    all.extend(["ca-cert", "client-cert", "client-key"]);
+    all
 }
 
 fn init_logging() {
@@ -270,7 +348,7 @@ fn read_json_file(path: &str, what: &str) -> Result<Value, CliError> {
 fn cmd_enqueue(args: &[String]) -> Result<i32, CliError> {
     let a = Args::parse(
         args,
-        &["server", "flow", "trigger-data", "entry", "environment"],
+        &with_tls(&["server", "flow", "trigger-data", "entry", "environment"]),
         &[],
     )?;
     if a.help {
@@ -299,19 +377,19 @@ fn cmd_enqueue(args: &[String]) -> Result<i32, CliError> {
         "entry_node_id": a.get("entry"),
         "environment_id": a.get("environment"),
     });
-    let id = a.server().enqueue(&body).map_err(failed)?;
+    let id = a.server()?.enqueue(&body).map_err(failed)?;
     println!("{id}");
     Ok(0)
 }
 
 fn cmd_list(args: &[String]) -> Result<i32, CliError> {
-    let a = Args::parse(args, &["server"], &["json"])?;
+    let a = Args::parse(args, &with_tls(&["server"]), &["json"])?;
     if a.help {
         print!("{LIST_HELP}");
         return Ok(0);
     }
     a.no_positional()?;
-    let list = a.server().list().map_err(failed)?;
+    let list = a.server()?.list().map_err(failed)?;
     let rows = list.as_array().cloned().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     let text = |v: &Value| match v {
@@ -353,13 +431,13 @@ fn print_pretty(v: &Value) {
 }
 
 fn cmd_show(args: &[String]) -> Result<i32, CliError> {
-    let a = Args::parse(args, &["server", "wait"], &[])?;
+    let a = Args::parse(args, &with_tls(&["server", "wait"]), &[])?;
     if a.help {
         print!("{SHOW_HELP}");
         return Ok(0);
     }
     let id = a.id()?;
-    let client = a.server();
+    let client = a.server()?;
     let Some(wait) = a.get("wait") else {
         print_pretty(&client.show(id).map_err(failed)?);
         return Ok(0);
@@ -388,13 +466,13 @@ fn cmd_show(args: &[String]) -> Result<i32, CliError> {
 }
 
 fn cmd_cancel(args: &[String]) -> Result<i32, CliError> {
-    let a = Args::parse(args, &["server"], &[])?;
+    let a = Args::parse(args, &with_tls(&["server"]), &[])?;
     if a.help {
         print!("{CANCEL_HELP}");
         return Ok(0);
     }
     let id = a.id()?;
-    let answer = a.server().cancel(id).map_err(failed)?;
+    let answer = a.server()?.cancel(id).map_err(failed)?;
     println!("{answer}");
     Ok(0)
 }
@@ -438,6 +516,46 @@ mod tests {
     fn double_dash_ends_options() {
         let a = Args::parse(&strings(&["--", "--odd-id"]), &[], &[]).unwrap();
         assert_eq!(a.id().unwrap(), "--odd-id");
+    }
+
+    #[test]
+    fn tls_options_go_together() {
+        let e = run(&strings(&[
+            "--registration-code",
+            "c",
+            "--tls-cert",
+            "/nonexistent.pem",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("--tls-key"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        let e = run(&strings(&[
+            "--registration-code",
+            "c",
+            "--tls-client-ca",
+            "ca.pem",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("--tls-client-ca needs"), "{e}");
+        let e = run(&strings(&["list", "--client-cert", "c.pem"])).unwrap_err();
+        assert!(e.to_string().contains("--client-key"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_tls_file_is_named() {
+        let e = run(&strings(&[
+            "--registration-code",
+            "c",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
+        assert_eq!(e.exit_code(), 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! so can tests that prefer not to hand-roll requests).
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -38,6 +39,18 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(30))
+                .build(),
+        }
+    }
+
+    /// For an `https://` server: `tls` says which CAs to trust and which
+    /// client certificate to present (see [`super::tls::client_config`]).
+    pub fn with_tls(base: &str, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .tls_config(tls)
                 .build(),
         }
     }

@@ -8,7 +8,8 @@
 //! [`admin`] and everything else to [`routes`] (the runner routes); both work
 //! on [`state`] behind one mutex in [`app`]. [`faults`] decides injected
 //! failures, [`auth`] checks signatures, [`client`] is the admin client the
-//! subcommands use.
+//! subcommands use. [`tls`] puts HTTPS (optionally with required client
+//! certificates) in front of [`server`].
 
 pub mod admin;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 pub use app::App;
 pub use http::{Incoming, Reply};

@@ -1,7 +1,10 @@
 //! The HTTP front: a `tiny_http` accept loop handing each request to its own
-//! thread (long-polls block), bounded, until SIGINT/SIGTERM.
+//! thread (long-polls block), bounded, until SIGINT/SIGTERM. With TLS
+//! options, `tiny_http` listens on an internal loopback port and the TLS
+//! terminator in [`super::tls`] serves the public address.
 
 use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -11,6 +14,7 @@ use tiny_http::{Header, Request, Response, Server, StatusCode};
 
 use super::app::App;
 use super::http::{error, Incoming, Reply, MAX_BODY_BYTES};
+use super::tls::{self, Relays, TlsError, TlsFiles};
 use crate::protocol::SIGNATURE_HEADER;
 
 /// Requests handled at once; beyond this the server answers 503 at once.
@@ -30,6 +34,8 @@ pub struct ServeOptions {
     pub long_poll: Duration,
     /// Allocations not claimed within this go back to the queue (off if None).
     pub claim_lease: Option<Duration>,
+    /// Serve HTTPS with these files instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,19 +46,85 @@ pub enum ServeError {
     Signals(#[from] ctrlc::Error),
     #[error("cannot write the listening line to stdout: {0}")]
     Stdout(io::Error),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot start the TLS front: {0}")]
+    TlsFront(io::Error),
+}
+
+/// The bound listener(s): `tiny_http`, and with TLS the public TLS front.
+struct Bound {
+    server: Server,
+    /// The address clients use.
+    addr: String,
+    scheme: &'static str,
+    /// With TLS: the relays the internal server accepts requests from.
+    relays: Option<Arc<Relays>>,
+}
+
+fn bind(options: &ServeOptions) -> Result<Bound, ServeError> {
+    let listen_error = |reason: String| ServeError::Listen {
+        addr: options.listen.clone(),
+        reason,
+    };
+    let Some(files) = &options.tls else {
+        let server = Server::http(&options.listen).map_err(|e| listen_error(e.to_string()))?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| options.listen.clone());
+        return Ok(Bound {
+            server,
+            addr,
+            scheme: "http",
+            relays: None,
+        });
+    };
+    // The files first: a bad one is the likelier mistake, and it is named.
+    let config = tls::server_config(files)?;
+    let public = TcpListener::bind(&options.listen).map_err(|e| listen_error(e.to_string()))?;
+    let addr = public
+        .local_addr()
+        .map_err(|e| listen_error(e.to_string()))?;
+    let server = Server::http("127.0.0.1:0").map_err(|e| ServeError::Listen {
+        addr: "127.0.0.1:0 (the internal plain HTTP server behind TLS)".into(),
+        reason: e.to_string(),
+    })?;
+    let internal: SocketAddr = server.server_addr().to_ip().ok_or_else(|| {
+        ServeError::TlsFront(io::Error::other("the internal server has no IP address"))
+    })?;
+    let relays = Arc::new(Relays::default());
+    tls::spawn_front(public, internal, config, Arc::clone(&relays))
+        .map_err(ServeError::TlsFront)?;
+    match &files.client_ca {
+        Some(ca) => log::info!(
+            "TLS with {}; client certificates required, signed by a CA in {}",
+            files.cert.display(),
+            ca.display()
+        ),
+        None => log::info!(
+            "TLS with {}; no client certificates asked for",
+            files.cert.display()
+        ),
+    }
+    log::debug!("internal plain HTTP server on {internal}");
+    Ok(Bound {
+        server,
+        addr: addr.to_string(),
+        scheme: "https",
+        relays: Some(relays),
+    })
 }
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
-    let server = Server::http(&options.listen).map_err(|e| ServeError::Listen {
-        addr: options.listen.clone(),
-        reason: e.to_string(),
-    })?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| options.listen.clone());
+    let Bound {
+        server,
+        addr,
+        scheme,
+        relays,
+    } = bind(options)?;
     let app = Arc::new(App::new(
         options.registration_code.clone(),
         options.long_poll,
@@ -64,11 +136,11 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
     }
     // Tests read this line to learn the port; it must be the only stdout line.
     let mut stdout = io::stdout().lock();
-    writeln!(stdout, "flo-devserver listening on http://{addr}").map_err(ServeError::Stdout)?;
+    writeln!(stdout, "flo-devserver listening on {scheme}://{addr}").map_err(ServeError::Stdout)?;
     stdout.flush().map_err(ServeError::Stdout)?;
     drop(stdout);
     log::info!(
-        "long-poll {} s; admin API at http://{addr}/admin",
+        "long-poll {} s; admin API at {scheme}://{addr}/admin",
         options.long_poll.as_secs()
     );
 
@@ -94,11 +166,12 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
         }
         let guard = InFlight::enter(&in_flight);
         let app = Arc::clone(&app);
+        let relays = relays.clone();
         let spawned = thread::Builder::new()
             .name("devserver-request".into())
             .spawn(move || {
                 let _guard = guard;
-                handle(&app, request);
+                handle(&app, request, relays.as_deref());
             });
         // On failure the closure is dropped: tiny_http answers the request
         // 500 and the guard gives its slot back.
@@ -110,11 +183,11 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Counts a request in flight for as long as it lives.
-struct InFlight(Arc<AtomicUsize>);
+/// Counts a request (or a TLS connection) in flight for as long as it lives.
+pub(super) struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+    pub(super) fn enter(counter: &Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::SeqCst);
         Self(Arc::clone(counter))
     }
@@ -126,11 +199,31 @@ impl Drop for InFlight {
     }
 }
 
-fn handle(app: &App, mut request: Request) {
+/// With TLS (`relays` given), only connections from the TLS front are
+/// served: the internal port must not be a way around client certificates.
+fn handle(app: &App, mut request: Request, relays: Option<&Relays>) {
     let started = Instant::now();
-    let reply = match read_incoming(&mut request) {
-        Ok(incoming) => super::dispatch(app, &incoming),
-        Err(why) => error(400, why),
+    let client = match relays {
+        None => Ok(request.remote_addr().map(|a| a.to_string())),
+        Some(relays) => request
+            .remote_addr()
+            .and_then(|a| relays.client_of(*a))
+            .map(|c| Some(c.to_string()))
+            .ok_or(()),
+    };
+    let reply = match (client, read_incoming(&mut request)) {
+        (Err(()), _) => {
+            log::warn!(
+                "a connection to the internal port from {:?} did not come through TLS; refused",
+                request.remote_addr()
+            );
+            error(403, "connect through the HTTPS address")
+        }
+        (Ok(client), Ok(mut incoming)) => {
+            incoming.remote = client;
+            super::dispatch(app, &incoming)
+        }
+        (Ok(_), Err(why)) => error(400, why),
     };
     let status = reply
         .status()
@@ -158,7 +251,6 @@ fn read_incoming(request: &mut Request) -> Result<Incoming, String> {
         signature.as_deref(),
         &[],
     );
-    incoming.remote = request.remote_addr().map(|a| a.to_string());
     if request
         .body_length()
         .is_some_and(|n| n as u64 > MAX_BODY_BYTES)

@@ -1,0 +1,629 @@
+//! HTTPS for the dev server: a small TLS terminator in front of the plain
+//! `tiny_http` server (which speaks neither rustls 0.23 nor client
+//! certificates).
+//!
+//! With `--tls-cert`/`--tls-key`, [`super::server`] binds `tiny_http` on
+//! `127.0.0.1:0` and the public address here. Each accepted connection gets a
+//! thread (at most [`MAX_CONNECTIONS`] at once) that does the TLS handshake
+//! (bounded by [`HANDSHAKE_TIMEOUT`]; with `--tls-client-ca` a verified client
+//! certificate is required), opens a TCP connection to the internal server
+//! and relays bytes both ways until either side closes. The relay polls the
+//! two sockets in turn with short read timeouts, so one thread owns the
+//! rustls connection and no locking is needed; a connection idle for
+//! [`IDLE_LIMIT`] is closed (far above the longest long-poll).
+//!
+//! The internal server only answers connections a relay opened ([`Relays`]),
+//! so the client-certificate check cannot be sidestepped through its port,
+//! and requests are logged with the real client address.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::server::InFlight;
+
+/// TLS connections served at once; more are closed at once (logged).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client must finish the handshake within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A relay with no bytes either way for this long is closed. Long-polls are
+/// idle for up to `--long-poll-secs` (25 s by default), far below this.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(600);
+/// A peer that accepts no bytes for this long is given up on.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one side is waited for before looking at the other side.
+const TICK: Duration = Duration::from_millis(10);
+/// The wait once a relay has been quiet for [`QUIET_AFTER`] (fewer wake-ups
+/// for idle keep-alive connections and held long-polls).
+const QUIET_TICK: Duration = Duration::from_millis(25);
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+const BUFFER_BYTES: usize = 16 * 1024;
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The certificate files given to `serve`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first (`--tls-cert`).
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, PKCS#1 or SEC1 (`--tls-key`).
+    pub key: PathBuf,
+    /// PEM CA certificate(s); when set, clients must present a certificate
+    /// signed by one of them (`--tls-client-ca`).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A certificate, key or CA file that cannot be used; the message names the
+/// option and the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(pub String);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path, option: &str) -> Result<Vec<u8>, TlsError> {
+    fs::read(path).map_err(|e| TlsError(format!("{option} {}: cannot read: {e}", path.display())))
+}
+
+/// Every certificate in a PEM file; an error when there is none.
+pub fn load_certs(path: &Path, option: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path, option)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError(format!("{option} {}: not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!(
+            "{option} {}: no certificate in it (expected a PEM \"BEGIN CERTIFICATE\" block)",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The first private key in a PEM file.
+pub fn load_key(path: &Path, option: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path, option)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        let why = match e {
+            rustls_pki_types::pem::Error::NoItemsFound => "no private key in it (expected a PEM \
+                 \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)"
+                .to_string(),
+            other => format!("not valid PEM: {other}"),
+        };
+        TlsError(format!("{option} {}: {why}", path.display()))
+    })
+}
+
+/// The CA certificates in a PEM file, as trust anchors.
+fn load_roots(path: &Path, option: &str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for (i, cert) in load_certs(path, option)?.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            TlsError(format!(
+                "{option} {}: certificate {} cannot be used as a CA: {e}",
+                path.display(),
+                i + 1
+            ))
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The rustls server configuration for `serve`: the certificate chain and
+/// key, HTTP/1.1 by ALPN, and (with a client CA) required client
+/// certificates verified against that CA.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = load_certs(&files.cert, "--tls-cert")?;
+    let key = load_key(&files.key, "--tls-key")?;
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let roots = load_roots(ca, "--tls-client-ca")?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| {
+                    TlsError(format!("--tls-client-ca {}: unusable: {e}", ca.display()))
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "the key does not belong to the (first) certificate".to_string()
+            }
+            other => other.to_string(),
+        };
+        TlsError(format!(
+            "--tls-key {} with --tls-cert {}: {why}",
+            files.key.display(),
+            files.cert.display()
+        ))
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client configuration for the admin subcommands: the public web roots
+/// plus `ca` (a private CA, PEM), and a client certificate when given.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = ca {
+        for cert in load_roots(ca, "--ca-cert")?.roots {
+            roots.roots.push(cert);
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                load_certs(cert, "--client-cert")?,
+                load_key(key, "--client-key")?,
+            )
+            .map_err(|e| {
+                TlsError(format!(
+                    "--client-key {} with --client-cert {}: {e}",
+                    key.display(),
+                    cert.display()
+                ))
+            })?,
+    };
+    Ok(Arc::new(config))
+}
+
+/// The open relays: the address of a relay's connection to the internal
+/// server (as the internal server sees it) → the TLS client's address.
+#[derive(Debug, Default)]
+pub struct Relays {
+    open: Mutex<HashMap<SocketAddr, SocketAddr>>,
+}
+
+impl Relays {
+    /// The TLS client behind a connection to the internal server, or `None`
+    /// when the connection did not come from a relay.
+    pub fn client_of(&self, internal_peer: SocketAddr) -> Option<SocketAddr> {
+        self.lock().get(&internal_peer).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, SocketAddr>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Registers one relay for as long as it lives.
+struct RelayEntry<'a> {
+    relays: &'a Relays,
+    local: SocketAddr,
+}
+
+impl<'a> RelayEntry<'a> {
+    fn new(relays: &'a Relays, local: SocketAddr, client: SocketAddr) -> Self {
+        relays.lock().insert(local, client);
+        Self { relays, local }
+    }
+}
+
+impl Drop for RelayEntry<'_> {
+    fn drop(&mut self) {
+        self.relays.lock().remove(&self.local);
+    }
+}
+
+/// Starts the accept loop on `listener` (in its own thread, for the life of
+/// the process): TLS clients are relayed to the plain server at `internal`.
+pub fn spawn_front(
+    listener: TcpListener,
+    internal: SocketAddr,
+    config: Arc<ServerConfig>,
+    relays: Arc<Relays>,
+) -> io::Result<()> {
+    thread::Builder::new()
+        .name("devserver-tls-accept".into())
+        .spawn(move || accept_loop(&listener, internal, &config, &relays))
+        .map(drop)
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    internal: SocketAddr,
+    config: &Arc<ServerConfig>,
+    relays: &Arc<Relays>,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, client) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and the like: do not spin.
+                log::warn!("accepting a TLS connection failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if open.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+            log::warn!("{MAX_CONNECTIONS} TLS connections open; closing the one from {client}");
+            continue;
+        }
+        let guard = InFlight::enter(&open);
+        let config = Arc::clone(config);
+        let relays = Arc::clone(relays);
+        let spawned = thread::Builder::new()
+            .name("devserver-tls".into())
+            .spawn(move || {
+                let _guard = guard;
+                connection(stream, client, internal, config, &relays);
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a TLS connection thread: {e}");
+        }
+    }
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug)]
+enum HandshakeError {
+    /// The client spoke something other than TLS (an `http://` URL).
+    NotTls,
+    Closed,
+    TimedOut,
+    Tls(rustls::Error),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotTls => write!(f, "the client did not speak TLS (an http:// URL?)"),
+            Self::Closed => write!(
+                f,
+                "the client closed the connection during the handshake \
+                 (does it trust the CA that signed --tls-cert?)"
+            ),
+            Self::TimedOut => write!(
+                f,
+                "no complete handshake within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ),
+            Self::Tls(e) => f.write_str(&describe(e)),
+            Self::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A handshake failure in an operator's words.
+fn describe(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::NoCertificatesPresented => {
+            "the client presented no certificate (--tls-client-ca requires one)".to_string()
+        }
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "the client's certificate is not signed by the --tls-client-ca CA".to_string()
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the client's certificate has expired".to_string()
+        }
+        E::InvalidCertificate(other) => format!("the client's certificate is not valid: {other}"),
+        E::AlertReceived(
+            alert @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateExpired),
+        ) => format!(
+            "the client rejected the server certificate (alert {alert:?}): it does not trust \
+             the CA that signed --tls-cert, or the certificate does not name the host it dialled"
+        ),
+        E::AlertReceived(alert) => format!("the client sent alert {alert:?}"),
+        E::NoApplicationProtocol => {
+            "the client offered no ALPN protocol this server speaks (http/1.1)".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
+}
+
+/// One accepted connection: handshake, then relay to the internal server.
+fn connection(
+    tcp: TcpStream,
+    client: SocketAddr,
+    internal: SocketAddr,
+    config: Arc<ServerConfig>,
+    relays: &Relays,
+) {
+    let _ = tcp.set_nodelay(true);
+    if let Err(e) = tcp.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        log::warn!("TLS connection from {client}: cannot set a write timeout: {e}");
+        return;
+    }
+    let conn = match handshake(&tcp, config) {
+        Ok(conn) => conn,
+        Err(HandshakeError::NotTls) => {
+            log::warn!(
+                "TLS handshake with {client} failed: {}; answered 400",
+                HandshakeError::NotTls
+            );
+            answer_plain_http(&tcp);
+            return;
+        }
+        Err(HandshakeError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => {
+            log::info!("TLS handshake with {client} failed: the client reset the connection");
+            return;
+        }
+        Err(e) => {
+            log::warn!("TLS handshake with {client} failed: {e}");
+            return;
+        }
+    };
+    log::debug!(
+        "TLS connection from {client}: {:?}, {:?}{}",
+        conn.protocol_version(),
+        conn.negotiated_cipher_suite().map(|s| s.suite()),
+        if conn.peer_certificates().is_some() {
+            ", client certificate verified"
+        } else {
+            ""
+        }
+    );
+    let backend = match TcpStream::connect(internal) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!(
+                "TLS connection from {client}: cannot reach the internal server {internal}: {e}"
+            );
+            let mut conn = conn;
+            conn.send_close_notify();
+            let _ = flush_tls(&mut conn, &tcp);
+            return;
+        }
+    };
+    let local = match backend.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("TLS connection from {client}: {e}");
+            return;
+        }
+    };
+    let _entry = RelayEntry::new(relays, local, client);
+    match relay(conn, &tcp, &backend) {
+        Ok(()) => log::debug!("TLS connection from {client} closed"),
+        Err(e) => log::info!("TLS connection from {client} ended: {e}"),
+    }
+    let _ = backend.shutdown(Shutdown::Both);
+    let _ = tcp.shutdown(Shutdown::Both);
+}
+
+/// Writes everything rustls has queued for the client.
+fn flush_tls(conn: &mut ServerConnection, tcp: &TcpStream) -> io::Result<()> {
+    let mut out = tcp;
+    while conn.wants_write() {
+        conn.write_tls(&mut out)?;
+    }
+    Ok(())
+}
+
+fn handshake(
+    tcp: &TcpStream,
+    config: Arc<ServerConfig>,
+) -> Result<ServerConnection, HandshakeError> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    // A plain HTTP request gets a readable answer rather than a TLS alert.
+    let mut first = [0u8; 1];
+    loop {
+        let wait = remaining();
+        if wait.is_zero() {
+            return Err(HandshakeError::TimedOut);
+        }
+        tcp.set_read_timeout(Some(wait))
+            .map_err(HandshakeError::Io)?;
+        match tcp.peek(&mut first) {
+            Ok(0) => return Err(HandshakeError::Closed),
+            Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => return Err(HandshakeError::NotTls),
+            Ok(_) => break,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+    }
+    let mut conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+    let mut input = tcp;
+    while conn.is_handshaking() {
+        flush_tls(&mut conn, tcp).map_err(HandshakeError::Io)?;
+        let wait = remaining();
+        if wait.is_zero() {
+            return Err(HandshakeError::TimedOut);
+        }
+        tcp.set_read_timeout(Some(wait))
+            .map_err(HandshakeError::Io)?;
+        match conn.read_tls(&mut input) {
+            Ok(0) => return Err(HandshakeError::Closed),
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    // Send the alert that says why, then give up.
+                    let _ = flush_tls(&mut conn, tcp);
+                    return Err(HandshakeError::Tls(e));
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(HandshakeError::Io(e)),
+        }
+    }
+    // The last handshake messages (and TLS 1.3 session tickets).
+    flush_tls(&mut conn, tcp).map_err(HandshakeError::Io)?;
+    Ok(conn)
+}
+
+/// Answers a client that spoke plain HTTP to the TLS port with a 400 that
+/// says so, then closes.
+fn answer_plain_http(tcp: &TcpStream) {
+    // Read what the client sent first: closing with unread input would
+    // reset the connection and lose the answer.
+    let _ = tcp.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 8192];
+    let mut input = tcp;
+    let mut seen = Vec::new();
+    while seen.len() < 64 * 1024 && !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match input.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = r#"{"error":"this server speaks HTTPS; use an https:// URL"}"#;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut output = tcp;
+    let _ = output.write_all(answer.as_bytes());
+    let _ = output.flush();
+    let _ = tcp.shutdown(Shutdown::Write);
+}
+
+/// Encrypts `data` for the client and sends it (rustls may take it in parts
+/// when its buffer is full).
+fn send(conn: &mut ServerConnection, tcp: &TcpStream, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let n = conn.writer().write(&data[done..])?;
+        done += n;
+        if n == 0 && !conn.wants_write() {
+            return Err(io::Error::new(
+                ErrorKind::WriteZero,
+                "the TLS connection accepts no more data",
+            ));
+        }
+        flush_tls(conn, tcp)?;
+    }
+    Ok(())
+}
+
+/// Relays bytes between the TLS client and the internal server until one
+/// side closes, an error, or [`IDLE_LIMIT`] without traffic.
+fn relay(mut conn: ServerConnection, tcp: &TcpStream, backend: &TcpStream) -> io::Result<()> {
+    let _ = backend.set_nodelay(true);
+    backend.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut buf = vec![0u8; BUFFER_BYTES];
+    let mut last_traffic = Instant::now();
+    let mut tick = None;
+    // False once the client has sent close_notify or closed its side.
+    let mut client_sending = true;
+    let mut to_client = tcp;
+    let mut to_backend = backend;
+    loop {
+        let wanted = if last_traffic.elapsed() < QUIET_AFTER {
+            TICK
+        } else {
+            QUIET_TICK
+        };
+        if tick != Some(wanted) {
+            tcp.set_read_timeout(Some(wanted))?;
+            backend.set_read_timeout(Some(wanted))?;
+            tick = Some(wanted);
+        }
+        let mut moved = false;
+
+        // Client → internal server.
+        if client_sending {
+            match conn.read_tls(&mut to_client) {
+                Ok(0) => client_sending = false,
+                Ok(_) => {
+                    moved = true;
+                    if let Err(e) = conn.process_new_packets() {
+                        let _ = flush_tls(&mut conn, tcp);
+                        return Err(io::Error::new(ErrorKind::InvalidData, describe(&e)));
+                    }
+                }
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => return Err(e),
+            }
+            loop {
+                match conn.reader().read(&mut buf) {
+                    Ok(0) => {
+                        client_sending = false;
+                        break;
+                    }
+                    Ok(n) => {
+                        to_backend.write_all(&buf[..n])?;
+                        moved = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    // TCP closed without close_notify: treat as a close.
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                        client_sending = false;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !client_sending {
+                // The internal server finishes what it was asked, then closes.
+                let _ = backend.shutdown(Shutdown::Write);
+            }
+            // Key updates, alerts and the like.
+            flush_tls(&mut conn, tcp)?;
+        }
+
+        // Internal server → client.
+        match to_backend.read(&mut buf) {
+            Ok(0) => {
+                conn.send_close_notify();
+                return flush_tls(&mut conn, tcp);
+            }
+            Ok(n) => {
+                send(&mut conn, tcp, &buf[..n])?;
+                moved = true;
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => {
+                conn.send_close_notify();
+                let _ = flush_tls(&mut conn, tcp);
+                return Err(e);
+            }
+        }
+
+        if moved {
+            last_traffic = Instant::now();
+        } else if last_traffic.elapsed() >= IDLE_LIMIT {
+            conn.send_close_notify();
+            let _ = flush_tls(&mut conn, tcp);
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!("idle for {} s; closed", IDLE_LIMIT.as_secs()),
+            ));
+        }
+    }
+}
