@@ -69,4 +69,22 @@ print(f"state.logs            : {len(state_logs.encode())} bytes, starts {state_
 sys.exit(0 if int(hwm) < int(target) else 1)
 PY
 echo "output.log            : $(stat -c %s "$WORK"/executions/*/*/output.log) bytes"
+
+# Second scenario: first-line latency. One line, then a pause: how long from
+# the claim until that line reaches the server (target: log_flush_ms, 500 by
+# default, plus one request; the executor's own start-up is included).
+cat >"$WORK/first.flow" <<JSON
+{"nodes":[{"id":"hello","type":"log","message":"first line"},{"id":"wait","type":"sleep","ms":2000}],"edges":[]}
+JSON
+ID2=$("$BIN/flo-devserver" enqueue --server "$URL" --flow "$WORK/first.flow")
+"$BIN/flo-devserver" show --server "$URL" "$ID2" --wait 60 >/dev/null
+curl_json() { python3 -c "import json,sys,urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())" "$1"; }
+curl_json "$URL/admin/requests" | python3 -c '
+import json, sys
+exec_id = sys.argv[1]
+reqs = [r for r in json.load(sys.stdin) if exec_id in r["path"]]
+claim = next(r["at_ms"] for r in reqs if r["route"] == "state")
+first = next(r["at_ms"] for r in reqs if r["route"] == "logs")
+print(f"first line latency    : {first - claim} ms after the claim (target <= 500 ms + one request)")
+' "$ID2"
 kill -TERM "$RUNNER_PID"; wait "$RUNNER_PID" || true; RUNNER_PID=
