@@ -1,6 +1,7 @@
-//! The stop watcher: one thread for every running execution. It asks the API
-//! for each execution's status every 2 s (PROTOCOL.md §7), enforces
-//! `execution.timeout_secs`, and stops executions when the runner shuts down.
+//! The stop watcher, for every running execution at once: one thread asks the
+//! API for each execution's status every 2 s (PROTOCOL.md §7), one thread
+//! runs the timers (`execution.timeout_secs`, the SIGKILL grace), so a slow
+//! API never delays a kill; shutdown stops executions through the same path.
 //! Stopping is one mechanism for every reason: SIGTERM to the executor's
 //! process group, then SIGKILL after `kill_grace`.
 
@@ -16,7 +17,8 @@ use crate::ids::ExecutionId;
 use crate::protocol::COMPLETION_CANCEL;
 
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same 15 s as every call but the poll.
+const STATUS_TIMEOUT: Duration = crate::api::CALL_TIMEOUT;
 const TICK: Duration = Duration::from_millis(200);
 
 /// Why an executor was stopped.
@@ -44,7 +46,10 @@ pub struct Watcher {
 
 struct Shared {
     entries: Mutex<HashMap<ExecutionId, Entry>>,
+    /// Wakes the timer thread.
     wake: Condvar,
+    /// Wakes the status thread.
+    status_wake: Condvar,
     kill_grace: Duration,
 }
 
@@ -53,14 +58,22 @@ impl Watcher {
         let shared = Arc::new(Shared {
             entries: Mutex::new(HashMap::new()),
             wake: Condvar::new(),
+            status_wake: Condvar::new(),
             kill_grace,
         });
         let s = shared.clone();
-        let spawned = thread::Builder::new()
-            .name("stop-watcher".into())
-            .spawn(move || watch(&s, &api));
-        if let Err(e) = spawned {
-            log::error!("cannot start the stop watcher thread: {e}; cancel and timeouts are off");
+        if let Err(e) = thread::Builder::new()
+            .name("stop-timers".into())
+            .spawn(move || watch_timers(&s))
+        {
+            log::error!("cannot start the stop timer thread: {e}; timeouts are off");
+        }
+        let s = shared.clone();
+        if let Err(e) = thread::Builder::new()
+            .name("cancel-watcher".into())
+            .spawn(move || watch_status(&s, &api))
+        {
+            log::error!("cannot start the cancel watcher thread: {e}; server cancels are not seen");
         }
         Self { shared }
     }
@@ -87,7 +100,8 @@ impl Watcher {
                 stop: None,
             },
         );
-        self.shared.wake.notify_one();
+        self.shared.wake.notify_all();
+        self.shared.status_wake.notify_all();
     }
 
     /// Stops watching; call after the executor exited but BEFORE it is reaped,
@@ -105,7 +119,7 @@ impl Watcher {
         for (id, e) in entries.iter_mut() {
             begin_stop(id, e, reason);
         }
-        self.shared.wake.notify_one();
+        self.shared.wake.notify_all();
     }
 
     pub fn running(&self) -> usize {
@@ -138,11 +152,13 @@ pub fn kill_leftovers(pid: u32) {
     }
 }
 
-fn watch(shared: &Shared, api: &Api) {
+/// Timers: execution timeouts and SIGKILL after the grace period. Never
+/// blocks on the network, so a slow API cannot delay a kill.
+fn watch_timers(shared: &Shared) {
     let mut entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         if entries.is_empty() {
-            // Idle: no timers to run, sleep until an execution starts.
+            // Idle: nothing to time, sleep until an execution starts.
             entries = match shared.wake.wait(entries) {
                 Ok(g) => g,
                 Err(e) => e.into_inner(),
@@ -150,7 +166,6 @@ fn watch(shared: &Shared, api: &Api) {
             continue;
         }
         let now = Instant::now();
-        let mut due = Vec::new();
         for (id, e) in entries.iter_mut() {
             if let Some((at, limit)) = e.deadline {
                 if now >= at {
@@ -159,39 +174,70 @@ fn watch(shared: &Shared, api: &Api) {
             }
             if let Some((_, term_at, killed)) = &mut e.stop {
                 if !*killed && now >= *term_at + shared.kill_grace {
-                    log::warn!("execution {id}: still running {} s after SIGTERM; SIGKILL to its process group", shared.kill_grace.as_secs());
+                    log::warn!(
+                        "execution {id}: still running {} s after SIGTERM; SIGKILL to its process group",
+                        shared.kill_grace.as_secs()
+                    );
                     signal_group(e.pgid, Signal::Kill);
                     *killed = true;
                 }
-            } else if now >= e.next_status {
-                e.next_status = now + STATUS_INTERVAL;
-                due.push(id.clone());
             }
-        }
-        if !due.is_empty() {
-            drop(entries);
-            let mut cancelled = Vec::new();
-            for id in due {
-                match api.status(&id, STATUS_TIMEOUT) {
-                    Ok(s) if s.completion_status.as_deref() == Some(COMPLETION_CANCEL) => {
-                        cancelled.push(id)
-                    }
-                    Ok(_) => {}
-                    Err(e) => log::debug!("execution {id}: status check failed: {e}"),
-                }
-            }
-            entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
-            for id in cancelled {
-                if let Some(e) = entries.get_mut(&id) {
-                    log::info!("execution {id}: the server asked to cancel it");
-                    begin_stop(&id, e, StopReason::Cancelled);
-                }
-            }
-            continue;
         }
         entries = match shared.wake.wait_timeout(entries, TICK) {
             Ok((g, _)) => g,
             Err(e) => e.into_inner().0,
         };
+    }
+}
+
+/// The status poller: asks the API about each running execution about every
+/// 2 s, one at a time, and starts the stop when the answer is `cancel`.
+fn watch_status(shared: &Shared, api: &Api) {
+    let mut entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if entries.is_empty() {
+            entries = match shared.status_wake.wait(entries) {
+                Ok(g) => g,
+                Err(e) => e.into_inner(),
+            };
+            continue;
+        }
+        let now = Instant::now();
+        let mut next = now + STATUS_INTERVAL;
+        let mut due = None;
+        for (id, e) in entries.iter_mut() {
+            if e.stop.is_some() {
+                continue;
+            }
+            if now >= e.next_status {
+                e.next_status = now + STATUS_INTERVAL;
+                due = Some(id.clone());
+                break;
+            }
+            next = next.min(e.next_status);
+        }
+        let Some(id) = due else {
+            entries = match shared.status_wake.wait_timeout(entries, next - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+            continue;
+        };
+        drop(entries);
+        let cancel = match api.status(&id, STATUS_TIMEOUT) {
+            Ok(s) => s.completion_status.as_deref() == Some(COMPLETION_CANCEL),
+            Err(e) => {
+                log::debug!("execution {id}: status check failed: {e}");
+                false
+            }
+        };
+        entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if cancel {
+            if let Some(e) = entries.get_mut(&id) {
+                log::info!("execution {id}: the server asked to cancel it");
+                begin_stop(&id, e, StopReason::Cancelled);
+                shared.wake.notify_all();
+            }
+        }
     }
 }
