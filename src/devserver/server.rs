@@ -214,8 +214,10 @@ fn handle(app: &App, mut request: Request, relays: Option<&Relays>) {
     let reply = match (client, read_incoming(&mut request)) {
         (Err(()), _) => {
             log::warn!(
-                "a connection to the internal port from {:?} did not come through TLS; refused",
-                request.remote_addr()
+                "a request to the internal port from {} did not come through TLS; refused",
+                request
+                    .remote_addr()
+                    .map_or_else(|| "an unknown address".to_string(), |a| a.to_string())
             );
             error(403, "connect through the HTTPS address")
         }

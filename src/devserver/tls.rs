@@ -7,10 +7,10 @@
 //! thread (at most [`MAX_CONNECTIONS`] at once) that does the TLS handshake
 //! (bounded by [`HANDSHAKE_TIMEOUT`]; with `--tls-client-ca` a verified client
 //! certificate is required), opens a TCP connection to the internal server
-//! and relays bytes both ways until either side closes. The relay polls the
-//! two sockets in turn with short read timeouts, so one thread owns the
-//! rustls connection and no locking is needed; a connection idle for
-//! [`IDLE_LIMIT`] is closed (far above the longest long-poll).
+//! and relays bytes both ways until either side closes: a second thread
+//! takes the client → server direction, both blocked in `read` on their own
+//! socket, sharing the rustls connection behind a mutex. A connection idle
+//! for [`IDLE_LIMIT`] is closed (far above the longest long-poll).
 //!
 //! The internal server only answers connections a relay opened ([`Relays`]),
 //! so the client-certificate check cannot be sidestepped through its port,
@@ -21,7 +21,7 @@ use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,12 +43,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_LIMIT: Duration = Duration::from_secs(600);
 /// A peer that accepts no bytes for this long is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long one side is waited for before looking at the other side.
-const TICK: Duration = Duration::from_millis(10);
-/// The wait once a relay has been quiet for [`QUIET_AFTER`] (fewer wake-ups
-/// for idle keep-alive connections and held long-polls).
-const QUIET_TICK: Duration = Duration::from_millis(25);
-const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// How often a blocked relay direction wakes to check [`IDLE_LIMIT`].
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 const BUFFER_BYTES: usize = 16 * 1024;
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -267,7 +263,7 @@ fn accept_loop(
                 continue;
             }
         };
-        if open.load(std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+        if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
             log::warn!("{MAX_CONNECTIONS} TLS connections open; closing the one from {client}");
             continue;
         }
@@ -531,99 +527,203 @@ fn send(conn: &mut ServerConnection, tcp: &TcpStream, data: &[u8]) -> io::Result
     Ok(())
 }
 
+/// When either direction of a relay last moved bytes.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        last.elapsed()
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(
+        ErrorKind::TimedOut,
+        format!("idle for {} s; closed", IDLE_LIMIT.as_secs()),
+    )
+}
+
+type Shared = Mutex<ServerConnection>;
+
+fn lock(conn: &Shared) -> std::sync::MutexGuard<'_, ServerConnection> {
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Relays bytes between the TLS client and the internal server until one
-/// side closes, an error, or [`IDLE_LIMIT`] without traffic.
-fn relay(mut conn: ServerConnection, tcp: &TcpStream, backend: &TcpStream) -> io::Result<()> {
+/// side closes, an error, or [`IDLE_LIMIT`] without traffic either way.
+///
+/// One thread per direction, each blocked in `read` on its own socket (so
+/// no polling, no added latency); the rustls connection is shared behind a
+/// mutex and the encrypted bytes for the client are written while holding
+/// it, so records go out in order. Whichever direction ends first shuts the
+/// sockets down as needed to end the other.
+fn relay(conn: ServerConnection, tcp: &TcpStream, backend: &TcpStream) -> io::Result<()> {
     let _ = backend.set_nodelay(true);
     backend.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let mut buf = vec![0u8; BUFFER_BYTES];
-    let mut last_traffic = Instant::now();
-    let mut tick = None;
-    // False once the client has sent close_notify or closed its side.
-    let mut client_sending = true;
-    let mut to_client = tcp;
-    let mut to_backend = backend;
-    loop {
-        let wanted = if last_traffic.elapsed() < QUIET_AFTER {
-            TICK
-        } else {
-            QUIET_TICK
+    tcp.set_read_timeout(Some(IDLE_CHECK))?;
+    backend.set_read_timeout(Some(IDLE_CHECK))?;
+    let conn: Shared = Mutex::new(conn);
+    let activity = Activity::new();
+    thread::scope(|scope| {
+        let upstream = thread::Builder::new()
+            .name("devserver-tls-up".into())
+            .spawn_scoped(scope, || {
+                let result = client_to_backend(&conn, tcp, backend, &activity);
+                match &result {
+                    // The client is done sending: the internal server
+                    // finishes its answers, then closes, which ends the
+                    // other direction.
+                    Ok(()) => {
+                        let _ = backend.shutdown(Shutdown::Write);
+                    }
+                    Err(_) => {
+                        let _ = backend.shutdown(Shutdown::Both);
+                        let _ = tcp.shutdown(Shutdown::Both);
+                    }
+                }
+                result
+            });
+        let upstream = match upstream {
+            Ok(handle) => handle,
+            Err(e) => return Err(e),
         };
-        if tick != Some(wanted) {
-            tcp.set_read_timeout(Some(wanted))?;
-            backend.set_read_timeout(Some(wanted))?;
-            tick = Some(wanted);
-        }
-        let mut moved = false;
+        let downstream = backend_to_client(&conn, tcp, backend, &activity);
+        // Ends the upstream thread if it is still reading.
+        let _ = tcp.shutdown(Shutdown::Both);
+        let _ = backend.shutdown(Shutdown::Both);
+        let upstream = upstream
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the relay thread panicked")));
+        // The downstream error is the cause when there is one; an upstream
+        // error is its own (a bad record, a reset).
+        downstream.and(upstream)
+    })
+}
 
-        // Client → internal server.
-        if client_sending {
-            match conn.read_tls(&mut to_client) {
-                Ok(0) => client_sending = false,
-                Ok(_) => {
-                    moved = true;
-                    if let Err(e) = conn.process_new_packets() {
-                        let _ = flush_tls(&mut conn, tcp);
+/// TLS client → internal server, until the client closes (`Ok`).
+fn client_to_backend(
+    conn: &Shared,
+    tcp: &TcpStream,
+    backend: &TcpStream,
+    activity: &Activity,
+) -> io::Result<()> {
+    let mut raw = vec![0u8; BUFFER_BYTES];
+    let mut plain = vec![0u8; BUFFER_BYTES];
+    let mut from_client = tcp;
+    let mut to_backend = backend;
+    // Nothing read yet on the first round; but the handshake may already
+    // have received the first request with the client's last handshake
+    // message (TLS 1.3), so it is drained before waiting on the socket.
+    let mut received: Option<usize> = None;
+    loop {
+        let mut out = Vec::new();
+        let mut closed = false;
+        {
+            let mut guard = lock(conn);
+            if let Some(n) = received {
+                let mut input = &raw[..n];
+                loop {
+                    // With n == 0 this tells rustls the stream ended.
+                    let fed = guard.read_tls(&mut input)?;
+                    if let Err(e) = guard.process_new_packets() {
+                        // Send the alert that says why, then give up.
+                        let _ = flush_tls(&mut guard, tcp);
                         return Err(io::Error::new(ErrorKind::InvalidData, describe(&e)));
                     }
+                    closed |= drain(&mut guard, &mut plain, &mut out)?;
+                    if fed == 0 || input.is_empty() || closed {
+                        break;
+                    }
                 }
-                Err(e) if is_timeout(&e) => {}
+            } else {
+                closed |= drain(&mut guard, &mut plain, &mut out)?;
+            }
+            // Answers rustls owes the client (key updates, alerts).
+            flush_tls(&mut guard, tcp)?;
+        }
+        to_backend.write_all(&out)?;
+        if closed || received == Some(0) {
+            return Ok(());
+        }
+        received = loop {
+            match from_client.read(&mut raw) {
+                Ok(n) => break Some(n),
+                Err(e) if is_timeout(&e) => {
+                    if activity.idle() >= IDLE_LIMIT {
+                        return Err(idle_error());
+                    }
+                }
                 Err(e) => return Err(e),
             }
-            loop {
-                match conn.reader().read(&mut buf) {
-                    Ok(0) => {
-                        client_sending = false;
-                        break;
-                    }
-                    Ok(n) => {
-                        to_backend.write_all(&buf[..n])?;
-                        moved = true;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // TCP closed without close_notify: treat as a close.
-                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                        client_sending = false;
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if !client_sending {
-                // The internal server finishes what it was asked, then closes.
-                let _ = backend.shutdown(Shutdown::Write);
-            }
-            // Key updates, alerts and the like.
-            flush_tls(&mut conn, tcp)?;
-        }
+        };
+        activity.touch();
+    }
+}
 
-        // Internal server → client.
-        match to_backend.read(&mut buf) {
+/// Moves the plaintext rustls holds into `out`; true when the client has
+/// closed (close_notify, or the end of the stream without one).
+fn drain(conn: &mut ServerConnection, buf: &mut [u8], out: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        match conn.reader().read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(true),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Internal server → TLS client, until the internal server closes (`Ok`).
+fn backend_to_client(
+    conn: &Shared,
+    tcp: &TcpStream,
+    backend: &TcpStream,
+    activity: &Activity,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUFFER_BYTES];
+    let mut from_backend = backend;
+    let close = |conn: &Shared| {
+        let mut guard = lock(conn);
+        guard.send_close_notify();
+        let _ = flush_tls(&mut guard, tcp);
+    };
+    loop {
+        match from_backend.read(&mut buf) {
             Ok(0) => {
-                conn.send_close_notify();
-                return flush_tls(&mut conn, tcp);
+                close(conn);
+                return Ok(());
             }
             Ok(n) => {
-                send(&mut conn, tcp, &buf[..n])?;
-                moved = true;
+                activity.touch();
+                send(&mut lock(conn), tcp, &buf[..n])?;
             }
-            Err(e) if is_timeout(&e) => {}
+            Err(e) if is_timeout(&e) => {
+                if activity.idle() >= IDLE_LIMIT {
+                    close(conn);
+                    return Err(idle_error());
+                }
+            }
             Err(e) => {
-                conn.send_close_notify();
-                let _ = flush_tls(&mut conn, tcp);
+                close(conn);
                 return Err(e);
             }
-        }
-
-        if moved {
-            last_traffic = Instant::now();
-        } else if last_traffic.elapsed() >= IDLE_LIMIT {
-            conn.send_close_notify();
-            let _ = flush_tls(&mut conn, tcp);
-            return Err(io::Error::new(
-                ErrorKind::TimedOut,
-                format!("idle for {} s; closed", IDLE_LIMIT.as_secs()),
-            ));
         }
     }
 }

@@ -377,3 +377,73 @@ impl Drop for Runner {
 pub fn flow(nodes: Value) -> Value {
     json!({ "nodes": nodes, "edges": [] })
 }
+
+impl DevServer {
+    /// A `flo-devserver` serving HTTPS: `extra` carries `--tls-cert`,
+    /// `--tls-key` (and perhaps `--tls-client-ca`) besides any other serve
+    /// options. The admin agent trusts only the CA in `ca_pem` and, when
+    /// `client` is given, presents that certificate and key (PEM files).
+    pub fn start_tls(extra: &[&str], ca_pem: &Path, client: Option<(&Path, &Path)>) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::Arc;
+
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_pem).expect("read the CA PEM") {
+            roots.add(cert.expect("CA PEM")).expect("add the CA");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots);
+        let tls = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_file_iter(cert)
+                        .expect("read the client certificate")
+                        .collect::<Result<Vec<_>, _>>()
+                        .expect("client certificate PEM"),
+                    PrivateKeyDer::from_pem_file(key).expect("client key PEM"),
+                )
+                .expect("client certificate and key"),
+        };
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flo-devserver"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--registration-code",
+                CODE,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start flo-devserver");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read devserver banner");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("https://"))
+            .unwrap_or_else(|| panic!("unexpected devserver banner {line:?}"))
+            .to_string();
+        Self {
+            child,
+            url,
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(10))
+                .tls_config(Arc::new(tls))
+                .build(),
+        }
+    }
+}
