@@ -258,8 +258,24 @@ fn finish(result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response,
         Ok(resp) if (200..300).contains(&resp.status()) => Ok(resp),
         Ok(resp) => Err(status_error(resp)),
         Err(ureq::Error::Status(_, resp)) => Err(status_error(resp)),
-        Err(ureq::Error::Transport(t)) => Err(ApiError::Transport(t.to_string())),
+        Err(ureq::Error::Transport(t)) => Err(ApiError::Transport(with_hint(t.to_string()))),
     }
+}
+
+/// Adds what an operator can do about the common TLS failures.
+fn with_hint(message: String) -> String {
+    let hint = if message.contains("UnknownIssuer") || message.contains("UnknownCA") {
+        "; the API's certificate is not signed by a trusted CA: add its CA with tls.ca_cert"
+    } else if message.contains("CertificateRequired") {
+        "; the API requires a client certificate: set tls.enabled, tls.cert and tls.key"
+    } else if message.contains("NotValidForName") {
+        "; the API's certificate does not name this host: check runner.url"
+    } else if message.contains("certificate") && message.contains("Expired") {
+        "; the API's certificate has expired"
+    } else {
+        ""
+    };
+    format!("{message}{hint}")
 }
 
 fn status_error(resp: ureq::Response) -> ApiError {

@@ -13,7 +13,7 @@ pub const EXPONENTIAL_START: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
-    #[error("registration with {url} failed after {attempts} attempt(s) over {secs} s; last answer: {last}")]
+    #[error("registration with {url} gave up after {attempts} attempt(s) over {secs} s: {last}")]
     GaveUp {
         url: String,
         attempts: u32,
@@ -92,6 +92,6 @@ fn describe(api: &Api, e: &ApiError) -> String {
             "registration code not recognised by {} (HTTP 404)",
             api.base_url()
         ),
-        _ => format!("registration with {} failed: {e}", api.base_url()),
+        _ => format!("registration with {} failed ({e})", api.base_url()),
     }
 }
