@@ -79,6 +79,9 @@ fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
         .timeout_connect(Duration::from_secs(10))
         .user_agent(&format!("flo-runner/{}", env!("CARGO_PKG_VERSION")))
         .redirects(0)
+        // Keep connections to the API alive for every worker at once (the
+        // default keeps one), so a busy runner does not reconnect per call.
+        .max_idle_connections_per_host(64)
         .tls_config(net.tls.clone());
     if let Some(proxy) = &net.proxy {
         builder = builder.proxy(proxy.clone());

@@ -86,7 +86,7 @@ impl Health {
                     poll_loop_at: health.poll_loop_at(),
                 };
                 if let Ok(body) = serde_json::to_vec(&beat) {
-                    if let Err(e) = fsutil::write_atomic(&path, &body, fsutil::FILE_MODE) {
+                    if let Err(e) = fsutil::replace(&path, &body, fsutil::FILE_MODE) {
                         log::warn!("cannot write {}: {e}", path.display());
                     }
                 }

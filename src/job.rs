@@ -214,7 +214,7 @@ pub fn report(
     // leaves the outbox entry, which recovery sees, never a result.json that
     // recovery would contradict.
     if let Some(dir) = dir {
-        if let Err(e) = fsutil::write_atomic(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
+        if let Err(e) = fsutil::replace(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
             log::warn!("execution {id}: cannot keep a copy of the result: {e}");
         }
     }
