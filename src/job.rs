@@ -133,7 +133,7 @@ fn run(ctx: &Context, job: &Job) {
         let on_spawn = |pid: u32| {
             record.pid = Some(pid);
             record.pid_start = journal::process_start(pid);
-            if let Err(e) = ctx.journal.record(&record) {
+            if let Err(e) = ctx.journal.update(&record) {
                 log::warn!("execution {id}: cannot update its journal entry: {e}");
             }
         };

@@ -55,6 +55,14 @@ impl Journal {
         fsutil::write_atomic(&self.path(&record.execution_id), &body, fsutil::FILE_MODE)
     }
 
+    /// Rewrites an entry without fsync: used for the pid update after spawn,
+    /// which only matters if the runner dies while the host stays up (the
+    /// page cache survives that); after a reboot the pid means nothing.
+    pub fn update(&self, record: &Record) -> io::Result<()> {
+        let body = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        fsutil::replace(&self.path(&record.execution_id), &body, fsutil::FILE_MODE)
+    }
+
     pub fn remove(&self, id: &ExecutionId) {
         match fs::remove_file(self.path(id.as_str())) {
             Ok(()) => {}
