@@ -17,6 +17,13 @@ use crate::shutdown::Shutdown;
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Unsent lines kept per execution while the API is slow or down.
 pub const MAX_QUEUED_LINES: usize = 10_000;
+/// ... and unsent bytes (lines may be up to 64 KiB each).
+pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+/// How long, in total per execution, output may be held back (the executor
+/// blocks on its pipe) while the queue is full and the API is healthy but
+/// slower than the executor prints. Past it, or while sends are failing, the
+/// oldest unsent lines are dropped instead: memory stays bounded either way.
+pub const BACKPRESSURE_BUDGET: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct LogShipper {
@@ -42,6 +49,14 @@ struct Queue {
     retry_at: Option<Instant>,
     backoff: Backoff,
     sending: bool,
+    /// Time output has been held back so far (see [`BACKPRESSURE_BUDGET`]).
+    held: Duration,
+}
+
+impl Queue {
+    fn full(&self) -> bool {
+        self.lines.len() >= MAX_QUEUED_LINES || self.bytes >= MAX_QUEUED_BYTES
+    }
 }
 
 impl Queue {
@@ -94,16 +109,41 @@ impl LogShipper {
                 retry_at: None,
                 backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
                 sending: false,
+                held: Duration::ZERO,
             },
         );
     }
 
     pub fn push(&self, id: &ExecutionId, line: String) {
         let mut queues = self.lock();
+        // Backpressure: while the queue is full and the API is taking
+        // batches, wait for room rather than drop (within the budget).
+        loop {
+            let Some(q) = queues.get_mut(id) else { return };
+            if !q.full() || q.retry_at.is_some() || q.held >= BACKPRESSURE_BUDGET {
+                break;
+            }
+            self.shared.work.notify_one();
+            let started = Instant::now();
+            queues = match self
+                .shared
+                .drained
+                .wait_timeout(queues, Duration::from_millis(100))
+            {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+            if let Some(q) = queues.get_mut(id) {
+                q.held += started.elapsed();
+            }
+        }
         let Some(q) = queues.get_mut(id) else { return };
         let was_empty = q.lines.is_empty();
-        if q.lines.len() >= MAX_QUEUED_LINES {
-            if let Some(old) = q.lines.pop_front() {
+        while q.full() {
+            let Some(old) = q.lines.pop_front() else {
+                break;
+            };
+            {
                 q.bytes -= old.len();
                 q.dropped += 1;
                 crate::metrics::global()

@@ -106,8 +106,8 @@ impl DevServer {
             .get(&format!("{}{path}", self.url))
             .call()
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let text = resp.into_string().expect("admin body");
-        serde_json::from_str(&text).expect("admin JSON")
+        // Not into_string: it stops at 10 MB, and an execution's logs can be more.
+        serde_json::from_reader(std::io::BufReader::new(resp.into_reader())).expect("admin JSON")
     }
 
     pub fn post(&self, path: &str, body: Value) -> Value {
