@@ -131,7 +131,7 @@ impl Api {
             .set("Content-Type", "application/json");
         let started = Instant::now();
         let resp = timed("register", started, req.send_bytes(&bytes))?;
-        Ok(resp.status())
+        Ok(drain(resp))
     }
 
     /// `POST /api/v1/runner/{identifier}/execution`.
@@ -148,7 +148,11 @@ impl Api {
         // Streamed: invalid JSON fails at its first bad byte, and a body past
         // the cap is cut off, so a hostile answer cannot balloon memory.
         let reader = BufReader::new(resp.into_reader().take(MAX_POLL_BODY));
-        let value: Value = match serde_json::from_reader(reader) {
+        let mut reader = reader;
+        let parsed = serde_json::from_reader(&mut reader);
+        // Read to the end so the connection goes back to the pool.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        let value: Value = match parsed {
             Ok(v) => v,
             Err(e) => {
                 return Ok(PollAnswer::Malformed {
@@ -178,7 +182,7 @@ impl Api {
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
         let resp = self.post_signed("state", &self.agent, &paths::state(id.as_str()), &bytes)?;
-        Ok(resp.status())
+        Ok(drain(resp))
     }
 
     /// `POST /api/v1/execution/{id}/logs`.
@@ -190,7 +194,7 @@ impl Api {
 
     /// `POST /api/v1/execution/{id}/logs` with an already-serialised body.
     pub fn send_logs_body(&self, id: &ExecutionId, body: &[u8]) -> Result<(), ApiError> {
-        self.post_signed("logs", &self.agent, &paths::logs(id.as_str()), body)?;
+        drain(self.post_signed("logs", &self.agent, &paths::logs(id.as_str()), body)?);
         Ok(())
     }
 
@@ -215,7 +219,7 @@ impl Api {
     /// that a retry sends exactly the same bytes.
     pub fn send_result(&self, id: &ExecutionId, body: &[u8]) -> Result<u16, ApiError> {
         let resp = self.post_signed("result", &self.agent, &paths::result(id.as_str()), body)?;
-        Ok(resp.status())
+        Ok(drain(resp))
     }
 
     fn url(&self, path: &str) -> String {
@@ -297,6 +301,20 @@ fn status_error(resp: ureq::Response) -> ApiError {
 }
 
 fn read_json<T: DeserializeOwned>(resp: ureq::Response) -> Result<T, ApiError> {
-    let reader = BufReader::new(resp.into_reader().take(MAX_SMALL_BODY));
-    serde_json::from_reader(reader).map_err(|e| ApiError::Decode(e.to_string()))
+    let mut reader = BufReader::new(resp.into_reader().take(MAX_SMALL_BODY));
+    let parsed = serde_json::from_reader(&mut reader);
+    let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    parsed.map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+/// Reads and discards a (small) answer we do not need, so that ureq can put
+/// the connection back in its pool: a response dropped unread closes the
+/// connection, and every call would then pay a new TCP (and TLS) handshake.
+fn drain(resp: ureq::Response) -> u16 {
+    let status = resp.status();
+    let _ = std::io::copy(
+        &mut resp.into_reader().take(MAX_SMALL_BODY),
+        &mut std::io::sink(),
+    );
+    status
 }

@@ -70,6 +70,19 @@ fn sync_parent(path: &Path) {
     }
 }
 
+/// Makes an earlier [`replace`] of `path` durable: fsync of the file, then of
+/// its directory (for the rename). A file already gone (delivered and
+/// removed meanwhile) is fine.
+pub fn sync(path: &Path) -> io::Result<()> {
+    match fs::File::open(path) {
+        Ok(f) => f.sync_all()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    sync_parent(path);
+    Ok(())
+}
+
 /// Creates `path` and its missing parents with `DIR_MODE`.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()

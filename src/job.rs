@@ -76,12 +76,19 @@ fn run(ctx: &Context, job: &Job) {
         boot_id: journal::boot_id(),
     };
     // Journal first: if the runner dies from here on (even before the claim
-    // is answered), the next start finds this entry and reports it.
-    if let Err(e) = ctx.journal.record(&record) {
-        log::warn!("execution {id}: cannot write its journal entry: {e}");
-    }
-
-    match claim(&ctx.api, id, &ctx.shutdown) {
+    // is answered), the next start finds this entry and reports it. Its
+    // write and fsync run beside the claim, and are done before anything runs.
+    let claimed = std::thread::scope(|s| {
+        let journal = s.spawn(|| ctx.journal.record(&record));
+        let claimed = claim(&ctx.api, id, &ctx.shutdown);
+        match journal.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("execution {id}: cannot write its journal entry: {e}"),
+            Err(_) => log::warn!("execution {id}: writing its journal entry panicked"),
+        }
+        claimed
+    });
+    match claimed {
         Claim::Confirmed => {}
         Claim::Refused(code) => {
             log::warn!(
@@ -177,9 +184,12 @@ fn run(ctx: &Context, job: &Job) {
     report(ctx, id, unsent, &result, Some(&ws.dir));
 }
 
-/// Puts the last log lines and the result in the outbox (durably, before any
-/// attempt), closes the journal entry, then makes the first delivery attempt
-/// on this thread; the outbox sender retries whatever does not go through.
+/// Puts the last log lines and the result in the outbox (atomically, before
+/// any attempt), keeps a `result.json` copy, then makes the first delivery
+/// attempt on this thread while another makes the files durable and closes
+/// the journal entry; the outbox sender retries whatever does not go through.
+/// Should the runner die in between, recovery finds the journal entry and
+/// re-sends this same result (from the outbox or `result.json`).
 pub fn report(
     ctx: &Context,
     id: &ExecutionId,
@@ -194,12 +204,23 @@ pub fn report(
             return;
         }
     };
+    // Atomic writes now; their fsyncs run beside the first delivery attempt
+    // (a crash of the runner loses nothing either way; only a host crash in
+    // that millisecond could, and then the journal reports the execution).
+    let mut written = Vec::new();
     for logs in logship::batch_bodies(&unsent_lines, ctx.config.execution.log_batch_lines) {
-        if let Err(e) = ctx.outbox.put(Kind::Logs, id, &logs) {
-            log::warn!("execution {id}: cannot keep the last log lines in the outbox: {e}");
+        match ctx.outbox.put_unsynced(Kind::Logs, id, &logs) {
+            Ok((_, path)) => written.push(path),
+            Err(e) => {
+                log::warn!("execution {id}: cannot keep the last log lines in the outbox: {e}")
+            }
         }
     }
-    if let Err(e) = ctx.outbox.put(Kind::Result, id, &body) {
+    let result_written = ctx.outbox.put_unsynced(Kind::Result, id, &body);
+    if let Ok((_, path)) = &result_written {
+        written.push(path.clone());
+    }
+    if let Err(e) = result_written {
         // Not durable, but not lost yet: send it now, as the Go runner would.
         log::error!(
             "execution {id}: cannot write the result to the outbox ({e}); sending it directly"
@@ -218,8 +239,21 @@ pub fn report(
             log::warn!("execution {id}: cannot keep a copy of the result: {e}");
         }
     }
-    ctx.journal.remove(id);
-    ctx.outbox.flush(&ctx.api, id);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for path in &written {
+                if let Err(e) = fsutil::sync(path) {
+                    log::warn!(
+                        "execution {id}: cannot make {} durable: {e}",
+                        path.display()
+                    );
+                }
+            }
+            // The journal entry goes only once the result is durable.
+            ctx.journal.remove(id);
+        });
+        ctx.outbox.flush(&ctx.api, id);
+    });
 }
 
 struct Sink {

@@ -163,8 +163,23 @@ impl Outbox {
         self.lock().values().any(|e| &e.execution_id == id)
     }
 
-    /// Writes a report durably. Nothing is sent yet: call [`Outbox::flush`].
+    /// Writes a report atomically and durably. Nothing is sent yet: call
+    /// [`Outbox::flush`].
     pub fn put(&self, kind: Kind, id: &ExecutionId, body: &[u8]) -> io::Result<u64> {
+        let (seq, path) = self.put_unsynced(kind, id, body)?;
+        fsutil::sync(&path)?;
+        Ok(seq)
+    }
+
+    /// Writes a report atomically (complete or absent, never torn) but leaves
+    /// the fsync to the caller, who runs it beside the first delivery attempt
+    /// (see `job::report`) instead of before it. Returns the file.
+    pub fn put_unsynced(
+        &self,
+        kind: Kind,
+        id: &ExecutionId,
+        body: &[u8],
+    ) -> io::Result<(u64, PathBuf)> {
         let seq = {
             let mut next = self
                 .shared
@@ -179,20 +194,20 @@ impl Outbox {
             .shared
             .dir
             .join(format!("{seq:016}.{}.{id}.json", kind.as_str()));
-        fsutil::write_atomic(&path, body, fsutil::FILE_MODE)?;
+        fsutil::replace(&path, body, fsutil::FILE_MODE)?;
         self.lock().insert(
             seq,
             Entry {
                 kind,
                 execution_id: id.clone(),
-                path,
+                path: path.clone(),
                 // The caller makes the first attempt; the sender waits a beat.
                 retry_at: Instant::now() + RETRY_BASE,
                 backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
                 sending: false,
             },
         );
-        Ok(seq)
+        Ok((seq, path))
     }
 
     /// Sends `id`'s reports in order now, on the caller's thread, stopping at

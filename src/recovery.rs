@@ -47,6 +47,22 @@ pub fn recover(
             journal.remove(&id);
             continue;
         }
+        // A result was produced (and perhaps delivered) just before the
+        // runner died: send that same result again (harmless: same bytes),
+        // never a different one.
+        if let Some(body) = produced_result(&record.dir) {
+            match outbox.put(Kind::Result, &id, &body) {
+                Ok(_) => {
+                    log::info!("execution {id}: re-sending the result it produced before the runner stopped");
+                    journal.remove(&id);
+                    recovered += 1;
+                }
+                Err(e) => log::error!(
+                    "execution {id}: cannot queue its result: {e}; will retry at the next start"
+                ),
+            }
+            continue;
+        }
         let tail = read_tail(&record.dir.join(OUTPUT_FILE), max_log_bytes);
         let mut state = Map::new();
         state.insert("error".into(), json!(RECOVERED_ERROR));
@@ -74,6 +90,13 @@ pub fn recover(
         }
     }
     recovered
+}
+
+/// The `result.json` copy, when it holds a whole result.
+fn produced_result(dir: &Path) -> Option<Vec<u8>> {
+    let body = std::fs::read(dir.join(crate::report::RESULT_FILE)).ok()?;
+    serde_json::from_slice::<ExecutionResult>(&body).ok()?;
+    Some(body)
 }
 
 /// SIGTERM to the orphaned executor's group, SIGKILL after `grace`.
@@ -158,5 +181,36 @@ mod tests {
         assert_eq!(outbox.depth(), 1);
         assert!(journal.leftovers().unwrap().is_empty());
         assert_eq!(recover(&journal, &outbox, Duration::from_secs(1), 1000), 0);
+    }
+
+    #[test]
+    fn a_produced_result_is_resent_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let exec_dir = dir.path().join("x");
+        std::fs::create_dir_all(&exec_dir).unwrap();
+        let produced = br#"{"has_errored":false,"state":{"status":0,"logs":""}}"#;
+        std::fs::write(exec_dir.join(crate::report::RESULT_FILE), produced).unwrap();
+        journal
+            .record(&Record {
+                execution_id: "e2".into(),
+                flo_id: "f".into(),
+                dir: exec_dir,
+                started_at: String::new(),
+                pid: None,
+                pid_start: None,
+                boot_id: None,
+            })
+            .unwrap();
+        assert_eq!(recover(&journal, &outbox, Duration::from_secs(1), 1000), 1);
+        let out = dir.path().join(crate::outbox::OUTBOX_DIR);
+        let files: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(std::fs::read(files[0].path()).unwrap(), produced);
     }
 }

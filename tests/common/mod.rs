@@ -94,8 +94,10 @@ impl DevServer {
         Self {
             child,
             url,
+            // Generous: an execution's record can carry tens of MB of logs,
+            // and the machine may be busy with other tests.
             agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(60))
                 .build(),
         }
     }
