@@ -27,8 +27,9 @@ lint:
 fmt:
 	$(CARGO) fmt
 
+## Benchmark suite (benches/suite.rs, method in BENCHMARKS.md): table on stdout, figures in bench/results.json.
 bench: release
-	sh bench/output_rss.sh
+	$(CARGO) bench --bench suite
 
 ## Full chaos run: 6 runners x 4 slots, 300 executions, faults, a SIGKILLed runner.
 chaos:
