@@ -668,8 +668,10 @@ fn every_failure_shape_is_reported_once() {
 fn an_executor_that_cannot_start_is_an_errored_result() {
     let server = DevServer::start();
     let dir = tempfile::tempdir().expect("tempdir");
+    // A link, not a copy: running a freshly written copy races with other
+    // test threads' forks still holding it open for writing (ETXTBSY).
     let copy = dir.path().join("vanishing-executor");
-    fs::copy(executor_path(), &copy).expect("copy the executor");
+    std::os::unix::fs::symlink(executor_path(), &copy).expect("link the executor");
     let runner = RunnerSetup::new(&server)
         .set(
             "execution",
