@@ -79,10 +79,7 @@ impl Watcher {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Entry>> {
-        self.shared
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.shared.entries)
     }
 
     /// Starts watching a spawned executor (`pid` leads its own process group).
@@ -121,10 +118,6 @@ impl Watcher {
         }
         self.shared.wake.notify_all();
     }
-
-    pub fn running(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 fn begin_stop(id: &ExecutionId, e: &mut Entry, reason: StopReason) {
@@ -155,14 +148,11 @@ pub fn kill_leftovers(pid: u32) {
 /// Timers: execution timeouts and SIGKILL after the grace period. Never
 /// blocks on the network, so a slow API cannot delay a kill.
 fn watch_timers(shared: &Shared) {
-    let mut entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+    let mut entries = crate::sync::lock(&shared.entries);
     loop {
         if entries.is_empty() {
             // Idle: nothing to time, sleep until an execution starts.
-            entries = match shared.wake.wait(entries) {
-                Ok(g) => g,
-                Err(e) => e.into_inner(),
-            };
+            entries = crate::sync::wait(&shared.wake, entries);
             continue;
         }
         let now = Instant::now();
@@ -183,23 +173,17 @@ fn watch_timers(shared: &Shared) {
                 }
             }
         }
-        entries = match shared.wake.wait_timeout(entries, TICK) {
-            Ok((g, _)) => g,
-            Err(e) => e.into_inner().0,
-        };
+        entries = crate::sync::wait_timeout(&shared.wake, entries, TICK);
     }
 }
 
 /// The status poller: asks the API about each running execution about every
 /// 2 s, one at a time, and starts the stop when the answer is `cancel`.
 fn watch_status(shared: &Shared, api: &Api) {
-    let mut entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+    let mut entries = crate::sync::lock(&shared.entries);
     loop {
         if entries.is_empty() {
-            entries = match shared.status_wake.wait(entries) {
-                Ok(g) => g,
-                Err(e) => e.into_inner(),
-            };
+            entries = crate::sync::wait(&shared.status_wake, entries);
             continue;
         }
         let now = Instant::now();
@@ -217,10 +201,7 @@ fn watch_status(shared: &Shared, api: &Api) {
             next = next.min(e.next_status);
         }
         let Some(id) = due else {
-            entries = match shared.status_wake.wait_timeout(entries, next - now) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+            entries = crate::sync::wait_timeout(&shared.status_wake, entries, next - now);
             continue;
         };
         drop(entries);
@@ -231,7 +212,7 @@ fn watch_status(shared: &Shared, api: &Api) {
                 false
             }
         };
-        entries = shared.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries = crate::sync::lock(&shared.entries);
         if cancel {
             if let Some(e) = entries.get_mut(&id) {
                 log::info!("execution {id}: the server asked to cancel it");

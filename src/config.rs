@@ -227,7 +227,7 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             path: src.path.to_path_buf(),
             env: "FLOMATION_API",
         })?;
-    let url = validate_url(src, "runner.url", &url)?;
+    let url = validate_url(src, "runner.url", &["FLOMATION_API", "RUNNER_URL"], &url)?;
     let registration_code = src
         .string(
             "runner",
@@ -275,6 +275,7 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
         Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
             src.invalid(
                 "runner.metrics_listen",
+                &["FLOMATION_RUNNER_METRICS_LISTEN"],
                 format!("{addr:?} is not a host:port socket address ({e})"),
             )
         })?),
@@ -344,6 +345,7 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
     if max_log_bytes < 1024 {
         return Err(src.invalid(
             "execution.max_log_bytes",
+            &["FLOMATION_RUNNER_MAX_LOG_BYTES"],
             format!("{max_log_bytes} is too small (at least 1024)"),
         ));
     }
@@ -355,7 +357,11 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
         )?
         .unwrap_or(200);
     if log_batch_lines == 0 {
-        return Err(src.invalid("execution.log_batch_lines", "must be at least 1".into()));
+        return Err(src.invalid(
+            "execution.log_batch_lines",
+            &["FLOMATION_RUNNER_LOG_BATCH_LINES"],
+            "must be at least 1".into(),
+        ));
     }
     let log_flush_ms = src
         .uint(
@@ -365,7 +371,11 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
         )?
         .unwrap_or(500);
     if log_flush_ms == 0 {
-        return Err(src.invalid("execution.log_flush_ms", "must be at least 1".into()));
+        return Err(src.invalid(
+            "execution.log_flush_ms",
+            &["FLOMATION_RUNNER_LOG_FLUSH_MS"],
+            "must be at least 1".into(),
+        ));
     }
     let max_output_file_bytes = src
         .uint(
@@ -406,7 +416,7 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             .unwrap_or_default(),
     };
     if tls.enabled && !tls.api_url.is_empty() {
-        validate_url(src, "tls.api_url", &tls.api_url)?;
+        validate_url(src, "tls.api_url", &["MTLS_API_URL"], &tls.api_url)?;
     }
 
     Ok(Config {
@@ -455,7 +465,7 @@ fn resolve_program(program: &str) -> PathBuf {
     p
 }
 
-fn validate_url(src: &Source, key: &str, url: &str) -> Result<String, ConfigError> {
+fn validate_url(src: &Source, key: &str, vars: &[&str], url: &str) -> Result<String, ConfigError> {
     let trimmed = url.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("http://")
@@ -464,7 +474,11 @@ fn validate_url(src: &Source, key: &str, url: &str) -> Result<String, ConfigErro
         Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
             Ok(trimmed.to_string())
         }
-        _ => Err(src.invalid(key, format!("{url:?} is not an http:// or https:// URL"))),
+        _ => Err(src.invalid(
+            key,
+            vars,
+            format!("{url:?} is not an http:// or https:// URL"),
+        )),
     }
 }
 
@@ -530,6 +544,7 @@ fn retry(src: &Source) -> Result<RegistrationRetry, ConfigError> {
     if interval == 0 {
         return Err(src.invalid(
             "runner.registration_retry.interval_secs",
+            &["FLOMATION_RUNNER_REGISTRATION_RETRY_INTERVAL_SECS"],
             "must be at least 1".into(),
         ));
     }
@@ -583,9 +598,13 @@ impl Source<'_> {
         }
     }
 
-    /// A semantic error on a value that may have come from either place.
-    fn invalid(&self, key: &str, why: String) -> ConfigError {
-        self.file_invalid(key, why)
+    /// A value that parsed but is not allowed: blames the variable when one
+    /// of `vars` supplied it, else the file.
+    fn invalid(&self, key: &str, vars: &[&str], why: String) -> ConfigError {
+        match self.env_value(vars) {
+            Some((var, _)) => self.env_invalid(&var, why),
+            None => self.file_invalid(key, why),
+        }
     }
 
     fn env_value(&self, vars: &[&str]) -> Option<(String, String)> {
@@ -874,6 +893,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("runner.registration_retry.strategy"), "{e}");
+    }
+
+    #[test]
+    fn a_disallowed_value_from_the_environment_names_the_variable() {
+        let e = load_with(MIN, &[("FLOMATION_RUNNER_LOG_FLUSH_MS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment: FLOMATION_RUNNER_LOG_FLUSH_MS"),
+            "{e}"
+        );
+        let e = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c"},"execution":{"log_flush_ms":0}}"#,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("config.json: execution.log_flush_ms"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub const DIR_MODE: u32 = 0o750;
 /// Writes `bytes` to `path` atomically with `mode`: readers see the old file
 /// or the whole new one, never a torn write, even across a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let file = write_temp(path, bytes, mode)?;
+    let file = write_temp(path, bytes, mode, true)?;
     file.persist(path).map_err(|e| e.error)?;
     sync_parent(path);
     Ok(())
@@ -22,7 +22,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Like [`write_atomic`] but fails with `AlreadyExists` rather than replace
 /// an existing file (used for the private key, which must never be clobbered).
 pub fn write_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let file = write_temp(path, bytes, mode)?;
+    let file = write_temp(path, bytes, mode, true)?;
     file.persist_noclobber(path).map_err(|e| e.error)?;
     sync_parent(path);
     Ok(())
@@ -32,21 +32,17 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> 
 /// fsync: for files that need no crash durability (the heartbeat, copies
 /// kept for operators), where an fsync per write would be wasted I/O.
 pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut file = tempfile::Builder::new()
-        .prefix(".flo-tmp-")
-        .tempfile_in(dir)?;
-    file.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))?;
-    file.write_all(bytes)?;
+    let file = write_temp(path, bytes, mode, false)?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
-fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<tempfile::NamedTempFile> {
+fn write_temp(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durable: bool,
+) -> io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -57,7 +53,9 @@ fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<tempfile::Name
     file.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))?;
     file.write_all(bytes)?;
-    file.as_file().sync_all()?;
+    if durable {
+        file.as_file().sync_all()?;
+    }
     Ok(file)
 }
 

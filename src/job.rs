@@ -58,7 +58,13 @@ pub fn handle(ctx: &Context, work: Work) {
         Work::Reject { execution_id, why } => {
             log::error!("execution {execution_id}: not run: {why}");
             crate::metrics::global().execution_finished("rejected");
-            report(ctx, &execution_id, Vec::new(), &report::errored(&why), None);
+            report(
+                ctx,
+                &execution_id,
+                Vec::new(),
+                &report::errored(&why, ""),
+                None,
+            );
         }
     }
 }
@@ -105,7 +111,7 @@ fn run(ctx: &Context, job: &Job) {
                 CLAIM_LIMIT.as_secs()
             );
             log::error!("execution {id}: {why}");
-            report(ctx, id, Vec::new(), &report::errored(&why), None);
+            report(ctx, id, Vec::new(), &report::errored(&why, ""), None);
             return;
         }
     }
@@ -114,7 +120,7 @@ fn run(ctx: &Context, job: &Job) {
         Err(e) => {
             let why = format!("cannot prepare the execution directory: {e}");
             log::error!("execution {id}: {why}");
-            report(ctx, id, Vec::new(), &report::errored(&why), None);
+            report(ctx, id, Vec::new(), &report::errored(&why, ""), None);
             return;
         }
     };
@@ -152,7 +158,7 @@ fn run(ctx: &Context, job: &Job) {
             &ctx.watcher,
             on_spawn,
             move |line| {
-                let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = crate::sync::lock(&sink);
                 s.tail.push(&line);
                 s.file.write_line(&line);
                 shipper.push(&line_id, line);
@@ -161,7 +167,7 @@ fn run(ctx: &Context, job: &Job) {
     };
     let unsent = ctx.shipper.finish(id, LOG_FINISH_LIMIT);
     let logs = {
-        let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::sync::lock(&sink);
         s.file.close();
         log::info!(
             "execution {id}: executor finished ({}) after {:.1} s, {} output lines",

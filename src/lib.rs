@@ -33,4 +33,5 @@ pub mod report;
 pub mod retention;
 pub mod shutdown;
 pub mod signing;
+pub mod sync;
 pub mod workspace;

@@ -94,7 +94,7 @@ impl LogShipper {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Queue>> {
-        self.shared.queues.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.shared.queues)
     }
 
     pub fn open(&self, id: &ExecutionId) {
@@ -125,14 +125,8 @@ impl LogShipper {
             }
             self.shared.work.notify_one();
             let started = Instant::now();
-            queues = match self
-                .shared
-                .drained
-                .wait_timeout(queues, Duration::from_millis(100))
-            {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+            queues =
+                crate::sync::wait_timeout(&self.shared.drained, queues, Duration::from_millis(100));
             if let Some(q) = queues.get_mut(id) {
                 q.held += started.elapsed();
             }
@@ -182,10 +176,7 @@ impl LogShipper {
                 rest.extend(q.lines);
                 return rest;
             }
-            queues = match self.shared.drained.wait_timeout(queues, deadline - now) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+            queues = crate::sync::wait_timeout(&self.shared.drained, queues, deadline - now);
         }
     }
 }
@@ -218,7 +209,7 @@ pub fn batch_bodies(lines: &[String], batch_lines: usize) -> Vec<Vec<u8>> {
 }
 
 fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
-    let mut queues = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+    let mut queues = crate::sync::lock(&shared.queues);
     loop {
         let now = Instant::now();
         let mut next: Option<(Instant, ExecutionId)> = None;
@@ -234,10 +225,7 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
             other => {
                 // Idle: sleep until the next batch is due, or until woken.
                 let wait = other.map_or(Duration::from_secs(3600), |(at, _)| at - now);
-                queues = match shared.work.wait_timeout(queues, wait) {
-                    Ok((g, _)) => g,
-                    Err(e) => e.into_inner().0,
-                };
+                queues = crate::sync::wait_timeout(&shared.work, queues, wait);
                 continue;
             }
         };
@@ -267,7 +255,7 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
 
         let result = api.send_logs(&id, &batch);
 
-        queues = shared.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues = crate::sync::lock(&shared.queues);
         let Some(q) = queues.get_mut(&id) else {
             continue;
         };

@@ -185,22 +185,20 @@ fn main() -> ExitCode {
     for w in warnings {
         log::warn!("{w}");
     }
-    match mode {
-        Mode::Health => ExitCode::from(1),
-        Mode::Check => {
-            if check::run(&config, &mut std::io::stdout()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+    // Health returned above; what is left is check or run.
+    if mode == Mode::Check {
+        return if check::run(&config, &mut std::io::stdout()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
+    }
+    match run(config, &path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            log::error!("{message}");
+            ExitCode::from(1)
         }
-        Mode::Run => match run(config, &path) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                log::error!("{message}");
-                ExitCode::from(1)
-            }
-        },
     }
 }
 

@@ -43,10 +43,7 @@ pub fn global() -> &'static Metrics {
 impl Metrics {
     /// `outcome`: success, errored, cancelled, timed_out, rejected.
     pub fn execution_finished(&self, outcome: &'static str) {
-        *self
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *crate::sync::lock(&self.finished)
             .entry(outcome)
             .or_default() += 1;
     }
@@ -54,14 +51,11 @@ impl Metrics {
     /// One API call: its route, its HTTP status (or `error`), how long it took.
     pub fn api_request(&self, route: &'static str, status: Option<u16>, took: Duration) {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *crate::sync::lock(&self.requests)
             .entry((route, status))
             .or_default() += 1;
         let secs = took.as_secs_f64();
-        let mut latency = self.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let mut latency = crate::sync::lock(&self.latency);
         let h = latency.entry(route).or_default();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
@@ -85,6 +79,12 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A family with one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// The Prometheus text exposition of everything.
 pub fn render(m: &Metrics, g: &Gauges) -> String {
     let out = &mut String::with_capacity(4096);
@@ -94,27 +94,19 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "flo_runner_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    family(
+    single(
         out,
         "flo_runner_registered",
         "gauge",
         "1 when registered with the API.",
+        u8::from(g.health.is_registered()),
     );
-    let _ = writeln!(
-        out,
-        "flo_runner_registered {}",
-        u8::from(g.health.is_registered())
-    );
-    family(
+    single(
         out,
         "flo_runner_executions_started_total",
         "counter",
         "Executions claimed and started.",
-    );
-    let _ = writeln!(
-        out,
-        "flo_runner_executions_started_total {}",
-        m.executions_started.load(Ordering::Relaxed)
+        m.executions_started.load(Ordering::Relaxed),
     );
     family(
         out,
@@ -122,30 +114,26 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "counter",
         "Executions finished, by outcome.",
     );
-    for (outcome, n) in m.finished.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for (outcome, n) in crate::sync::lock(&m.finished).iter() {
         let _ = writeln!(
             out,
             "flo_runner_executions_finished_total{{outcome=\"{outcome}\"}} {n}"
         );
     }
     let busy = (g.busy)();
-    family(
+    single(
         out,
         "flo_runner_executions_running",
         "gauge",
         "Executions running now.",
+        busy,
     );
-    let _ = writeln!(out, "flo_runner_executions_running {busy}");
-    family(
+    single(
         out,
         "flo_runner_slots_free",
         "gauge",
         "Free executor slots.",
-    );
-    let _ = writeln!(
-        out,
-        "flo_runner_slots_free {}",
-        g.slots.saturating_sub(busy)
+        g.slots.saturating_sub(busy),
     );
     family(
         out,
@@ -153,7 +141,7 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "counter",
         "API requests by route and HTTP status (error = no answer).",
     );
-    for ((route, status), n) in m.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for ((route, status), n) in crate::sync::lock(&m.requests).iter() {
         let _ = writeln!(
             out,
             "flo_runner_api_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
@@ -165,7 +153,7 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "histogram",
         "API request latency by route.",
     );
-    for (route, h) in m.latency.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for (route, h) in crate::sync::lock(&m.latency).iter() {
         for (i, bound) in BUCKETS.iter().enumerate() {
             let _ = writeln!(
                 out,
@@ -189,35 +177,27 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
             h.count
         );
     }
-    family(
+    single(
         out,
         "flo_runner_log_lines_shipped_total",
         "counter",
         "Log lines the API accepted.",
+        m.log_lines_shipped.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "flo_runner_log_lines_shipped_total {}",
-        m.log_lines_shipped.load(Ordering::Relaxed)
-    );
-    family(
+    single(
         out,
         "flo_runner_log_lines_dropped_total",
         "counter",
         "Log lines dropped while the API was slow or down.",
+        m.log_lines_dropped.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "flo_runner_log_lines_dropped_total {}",
-        m.log_lines_dropped.load(Ordering::Relaxed)
-    );
-    family(
+    single(
         out,
         "flo_runner_outbox_depth",
         "gauge",
         "Reports waiting in the outbox.",
+        (g.outbox_depth)(),
     );
-    let _ = writeln!(out, "flo_runner_outbox_depth {}", (g.outbox_depth)());
     std::mem::take(out)
 }
 

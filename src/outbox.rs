@@ -147,10 +147,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
-        self.shared
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.shared.entries)
     }
 
     /// Reports not yet acknowledged by the API.
@@ -181,11 +178,7 @@ impl Outbox {
         body: &[u8],
     ) -> io::Result<(u64, PathBuf)> {
         let seq = {
-            let mut next = self
-                .shared
-                .next_seq
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut next = crate::sync::lock(&self.shared.next_seq);
             let seq = *next;
             *next += 1;
             seq
@@ -344,10 +337,7 @@ impl Outbox {
                     if shutdown.is_forced() {
                         return;
                     }
-                    entries = match self.shared.wake.wait_timeout(entries, wait) {
-                        Ok((g, _)) => g,
-                        Err(e) => e.into_inner().0,
-                    };
+                    entries = crate::sync::wait_timeout(&self.shared.wake, entries, wait);
                 }
             };
             self.attempt(api, next);
@@ -365,14 +355,11 @@ impl Outbox {
             if now >= deadline {
                 return false;
             }
-            entries = match self
-                .shared
-                .wake
-                .wait_timeout(entries, (deadline - now).min(Duration::from_millis(200)))
-            {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+            entries = crate::sync::wait_timeout(
+                &self.shared.wake,
+                entries,
+                (deadline - now).min(Duration::from_millis(200)),
+            );
         }
     }
 }

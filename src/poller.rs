@@ -34,7 +34,7 @@ pub struct GateState {
 
 impl Gate {
     pub fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Slots {
 
 impl Slots {
     fn lock(&self) -> MutexGuard<'_, usize> {
-        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.busy)
     }
 
     pub fn busy(&self) -> usize {
@@ -43,13 +43,11 @@ impl Slots {
                 return true;
             }
             // Timed wait so a shutdown request (signalled elsewhere) is seen.
-            busy = match self
-                .changed
-                .wait_timeout(busy, std::time::Duration::from_millis(200))
-            {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+            busy = crate::sync::wait_timeout(
+                &self.changed,
+                busy,
+                std::time::Duration::from_millis(200),
+            );
         }
     }
 
@@ -64,10 +62,7 @@ impl Slots {
             if now >= deadline {
                 return false;
             }
-            busy = match self.changed.wait_timeout(busy, deadline - now) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+            busy = crate::sync::wait_timeout(&self.changed, busy, deadline - now);
         }
     }
 

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process_group, Pid, Signal};
-use serde_json::{json, Map};
 
 use crate::ids::ExecutionId;
 use crate::job::OUTPUT_FILE;
@@ -64,15 +63,7 @@ pub fn recover(
             continue;
         }
         let tail = read_tail(&record.dir.join(OUTPUT_FILE), max_log_bytes);
-        let mut state = Map::new();
-        state.insert("error".into(), json!(RECOVERED_ERROR));
-        state.insert("output".into(), json!(tail));
-        state.insert("logs".into(), json!(tail));
-        let result = ExecutionResult {
-            has_errored: true,
-            cancelled: false,
-            state,
-        };
+        let result = crate::report::errored(RECOVERED_ERROR, &tail);
         let body = match serde_json::to_vec(&result) {
             Ok(b) => b,
             Err(e) => {

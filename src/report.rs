@@ -78,12 +78,14 @@ pub fn build(
     }
 }
 
-/// A result for an execution that was never run (bad ids, workspace failure).
-pub fn errored(why: &str) -> ExecutionResult {
+/// An errored result with no `state.json` behind it: an execution never run
+/// (bad ids, workspace failure: `output` is empty) or cut short by the
+/// runner's own death (`output` is the tail of `output.log`).
+pub fn errored(why: &str, output: &str) -> ExecutionResult {
     let mut state = Map::new();
     state.insert("error".into(), json!(why));
-    state.insert("output".into(), json!(""));
-    state.insert("logs".into(), json!(""));
+    state.insert("output".into(), json!(output));
+    state.insert("logs".into(), json!(output));
     ExecutionResult {
         has_errored: true,
         cancelled: false,

@@ -42,7 +42,7 @@ impl Shutdown {
     }
 
     fn notify(&self) {
-        let _guard = self.0.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = crate::sync::lock(&self.0.lock);
         self.0.cv.notify_all();
     }
 
@@ -62,7 +62,7 @@ impl Shutdown {
                 s.is_requested()
             }
         };
-        let mut guard = self.0.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = crate::sync::lock(&self.0.lock);
         loop {
             if woken(self) {
                 return true;
@@ -71,10 +71,7 @@ impl Shutdown {
             if now >= deadline {
                 return false;
             }
-            guard = match self.0.cv.wait_timeout(guard, deadline - now) {
-                Ok((g, _)) => g,
-                Err(e) => e.into_inner().0,
-            };
+            guard = crate::sync::wait_timeout(&self.0.cv, guard, deadline - now);
         }
     }
 }
