@@ -1963,7 +1963,14 @@ fn print_table(rows: &[Row]) {
 // ---------------------------------------------------------------------------
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
+    // `cargo bench` passes `--bench`. `cargo test --all-targets` (that is,
+    // `make test`) runs this binary without it: benchmarks are not tests, so
+    // it does nothing then (it would otherwise take minutes, in a debug
+    // build, and overwrite bench/results.json with meaningless figures).
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("bench: not run (use `make bench` or `cargo bench --bench suite`)");
+        return;
+    }
     let quick = std::env::var("FLO_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let only: Option<HashSet<String>> = std::env::var("FLO_BENCH_ONLY")
         .ok()
