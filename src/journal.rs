@@ -1,12 +1,30 @@
-//! The execution journal: one small file per running execution in
-//! `{state_directory}/journal/`, written when the execution is claimed and
-//! removed once its result is in the outbox. A file left at start-up means the
-//! runner died while that execution ran: its executor is stopped (if it is
-//! provably the same process) and the execution is reported as errored.
+//! The execution journal: which executions are running, so that a runner that
+//! dies mid-execution can report them at its next start. It is one
+//! append-only file, `{state_directory}/journal/journal.log`, of JSON lines:
+//!
+//! - `{"start": {record}}` when work arrives, made durable (fdatasync) before
+//!   the executor starts;
+//! - `{"pid": {...}}` once the executor is spawned (no fsync: a pid means
+//!   nothing after a reboot, and a runner crash keeps the page cache);
+//! - `{"done": "id"}` once the result is durable in the outbox.
+//!
+//! One file rather than one per execution: creating and removing two inodes
+//! per execution cost more than everything else the runner does on a busy
+//! ext4 (see BENCHMARKS.md), and an append plus fdatasync to a file that
+//! already exists is the cheapest durable write there is. The file is
+//! rewritten with only the live entries at open and whenever it grows past
+//! [`COMPACT_AT`].
+//!
+//! At open, entries started and not done are what the previous run left: its
+//! executor is stopped (if it is provably the same process) and the execution
+//! reported. Entries of the older layout (one `{id}.json` file each) are read
+//! too, so a state directory from an earlier flo-runner keeps working.
 
-use std::fs;
-use std::io;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +33,9 @@ use crate::ids::ExecutionId;
 use crate::outbox::{move_aside, CORRUPT_DIR};
 
 pub const JOURNAL_DIR: &str = "journal";
+pub const JOURNAL_FILE: &str = "journal.log";
+/// Rewrite the log once it is this long (about 400 executions).
+const COMPACT_AT: u64 = 256 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
@@ -34,68 +55,228 @@ pub struct Record {
     pub boot_id: Option<String>,
 }
 
+/// The executor of a running execution, once spawned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Spawned {
+    execution_id: String,
+    pid: u32,
+    #[serde(default)]
+    pid_start: Option<u64>,
+}
+
+/// One line of the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Line {
+    Start(Record),
+    Pid(Spawned),
+    Done(String),
+}
+
+struct Inner {
+    file: Arc<File>,
+    /// Bytes in the file, to know when to compact.
+    len: u64,
+    live: HashMap<String, Record>,
+}
+
 #[derive(Clone)]
 pub struct Journal {
     dir: PathBuf,
+    inner: Arc<Mutex<Inner>>,
+    /// What the previous run left, found at open.
+    leftovers: Arc<Vec<Record>>,
 }
 
 impl Journal {
+    /// Opens (creating) `{state_dir}/journal/`, reads what a previous run
+    /// left, and starts a fresh log holding only those entries.
     pub fn open(state_dir: &Path) -> io::Result<Self> {
         let dir = state_dir.join(JOURNAL_DIR);
         fsutil::create_dir_all(&dir)?;
-        Ok(Self { dir })
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    pub fn record(&self, record: &Record) -> io::Result<()> {
-        let body = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        fsutil::write_atomic(&self.path(&record.execution_id), &body, fsutil::FILE_MODE)
-    }
-
-    /// Rewrites an entry without fsync: used for the pid update after spawn,
-    /// which only matters if the runner dies while the host stays up (the
-    /// page cache survives that); after a reboot the pid means nothing.
-    pub fn update(&self, record: &Record) -> io::Result<()> {
-        let body = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        fsutil::replace(&self.path(&record.execution_id), &body, fsutil::FILE_MODE)
-    }
-
-    pub fn remove(&self, id: &ExecutionId) {
-        match fs::remove_file(self.path(id.as_str())) {
-            Ok(()) => {}
+        let mut live = HashMap::new();
+        let log_path = dir.join(JOURNAL_FILE);
+        match fs::read(&log_path) {
+            Ok(bytes) => replay(&log_path, &bytes, &mut live),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => log::warn!("journal: cannot remove the entry of {id}: {e}"),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", log_path.display()),
+                ))
+            }
+        }
+        let legacy = read_legacy(&dir, &mut live)?;
+        let mut leftovers: Vec<Record> = live.values().cloned().collect();
+        leftovers.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+        let (file, len) = rewrite(&dir, &live)?;
+        // Only once their entries are safely in the log.
+        for path in legacy {
+            let _ = fs::remove_file(path);
+        }
+        Ok(Self {
+            dir,
+            inner: Arc::new(Mutex::new(Inner { file, len, live })),
+            leftovers: Arc::new(leftovers),
+        })
+    }
+
+    /// Records that `record`'s execution is running, durably.
+    pub fn record(&self, record: &Record) -> io::Result<()> {
+        let file = self.append(&Line::Start(record.clone()), Some(record))?;
+        // Outside the lock, so concurrent executions' syncs overlap.
+        file.sync_data()
+    }
+
+    /// Records the executor's pid (and start time) after spawn, without
+    /// fsync: it only matters if the runner dies while the host stays up.
+    pub fn update(&self, record: &Record) -> io::Result<()> {
+        let Some(pid) = record.pid else {
+            return Ok(());
+        };
+        let line = Line::Pid(Spawned {
+            execution_id: record.execution_id.clone(),
+            pid,
+            pid_start: record.pid_start,
+        });
+        self.append(&line, Some(record)).map(drop)
+    }
+
+    /// Records that `id` is finished (its result is durable in the outbox).
+    pub fn remove(&self, id: &ExecutionId) {
+        if let Err(e) = self.finish(id.as_str()) {
+            log::warn!("journal: cannot record the end of {id}: {e}");
         }
     }
 
-    /// Entries a previous run left. Unreadable ones are moved aside.
-    pub fn leftovers(&self) -> io::Result<Vec<Record>> {
-        let mut out = Vec::new();
-        for item in fs::read_dir(&self.dir)? {
-            let item = item?;
-            if !item.file_type()?.is_file() {
-                continue;
-            }
-            let path = item.path();
-            let name = item.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".flo-tmp-") {
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            let record = fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-                .filter(|r| ExecutionId::parse(&r.execution_id).is_ok());
-            match record {
-                Some(r) => out.push(r),
-                None => move_aside(&self.dir.join(CORRUPT_DIR), &path, "not a journal entry"),
-            }
+    fn finish(&self, id: &str) -> io::Result<()> {
+        let mut inner = crate::sync::lock(&self.inner);
+        if inner.live.remove(id).is_none() {
+            return Ok(());
         }
-        Ok(out)
+        if inner.len >= COMPACT_AT {
+            let (file, len) = rewrite(&self.dir, &inner.live)?;
+            inner.file = file;
+            inner.len = len;
+            return Ok(());
+        }
+        write_line(&mut inner, &Line::Done(id.to_string()))
     }
+
+    /// Appends `line` (and keeps `record` as the live entry); returns the
+    /// file for a sync outside the lock.
+    fn append(&self, line: &Line, record: Option<&Record>) -> io::Result<Arc<File>> {
+        let mut inner = crate::sync::lock(&self.inner);
+        if let Some(r) = record {
+            inner.live.insert(r.execution_id.clone(), r.clone());
+        }
+        write_line(&mut inner, line)?;
+        Ok(inner.file.clone())
+    }
+
+    /// Entries the previous run left (read at open) and not yet finished.
+    pub fn leftovers(&self) -> io::Result<Vec<Record>> {
+        let inner = crate::sync::lock(&self.inner);
+        Ok(self
+            .leftovers
+            .iter()
+            .filter(|r| inner.live.contains_key(&r.execution_id))
+            .cloned()
+            .collect())
+    }
+
+    /// Whether execution `id` is running (or was, when the previous run died
+    /// and recovery has not reported it yet).
+    pub fn is_live(&self, id: &str) -> bool {
+        crate::sync::lock(&self.inner).live.contains_key(id)
+    }
+}
+
+fn write_line(inner: &mut Inner, line: &Line) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    // One write per line on an O_APPEND file: lines never interleave.
+    (&*inner.file).write_all(&bytes)?;
+    inner.len += bytes.len() as u64;
+    Ok(())
+}
+
+/// Applies the lines of a log. A line that does not parse (torn by a host
+/// crash in mid-write) is skipped with a warning: the lines around it are
+/// whole, and each names its execution.
+fn replay(path: &Path, bytes: &[u8], live: &mut HashMap<String, Record>) {
+    let mut bad = 0;
+    for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Line>(raw) {
+            Ok(Line::Start(r)) if ExecutionId::parse(&r.execution_id).is_ok() => {
+                live.insert(r.execution_id.clone(), r);
+            }
+            Ok(Line::Pid(s)) => {
+                if let Some(r) = live.get_mut(&s.execution_id) {
+                    r.pid = Some(s.pid);
+                    r.pid_start = s.pid_start;
+                }
+            }
+            Ok(Line::Done(id)) => {
+                live.remove(&id);
+            }
+            Ok(Line::Start(_)) | Err(_) => bad += 1,
+        }
+    }
+    if bad > 0 {
+        log::warn!(
+            "{}: skipped {bad} unreadable line(s) (a write torn by a crash)",
+            path.display()
+        );
+    }
+}
+
+/// Entries in the one-file-per-execution layout of earlier versions. Returns
+/// their paths, to remove once the new log holds them; unreadable ones are
+/// moved aside.
+fn read_legacy(dir: &Path, live: &mut HashMap<String, Record>) -> io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        if !item.file_type()?.is_file() {
+            continue;
+        }
+        let path = item.path();
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".flo-tmp-") {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let record = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            .filter(|r| ExecutionId::parse(&r.execution_id).is_ok());
+        match record {
+            Some(r) => {
+                live.insert(r.execution_id.clone(), r);
+                paths.push(path);
+            }
+            None => move_aside(&dir.join(CORRUPT_DIR), &path, "not a journal entry"),
+        }
+    }
+    Ok(paths)
+}
+
+/// Replaces the log with one `start` line per live entry (durably), and
+/// opens it for appending.
+fn rewrite(dir: &Path, live: &HashMap<String, Record>) -> io::Result<(Arc<File>, u64)> {
+    let mut body = Vec::new();
+    for r in live.values() {
+        serde_json::to_writer(&mut body, &Line::Start(r.clone())).map_err(io::Error::other)?;
+        body.push(b'\n');
+    }
+    let path = dir.join(JOURNAL_FILE);
+    fsutil::write_atomic(&path, &body, fsutil::FILE_MODE)?;
+    let file = OpenOptions::new().append(true).open(&path)?;
+    Ok((Arc::new(file), body.len() as u64))
 }
 
 /// Start time of `pid` in clock ticks since boot, from /proc.
@@ -128,19 +309,28 @@ pub fn still_running(record: &Record) -> bool {
 mod tests {
     use super::*;
 
+    fn record(id: &str, dir: &Path) -> Record {
+        Record {
+            execution_id: id.into(),
+            flo_id: "f".into(),
+            dir: dir.to_path_buf(),
+            started_at: format!("now-{id}"),
+            pid: None,
+            pid_start: None,
+            boot_id: None,
+        }
+    }
+
     #[test]
     fn own_start_time_is_readable_and_stable() {
         let me = std::process::id();
         let a = process_start(me).unwrap();
         assert_eq!(process_start(me), Some(a));
         let r = Record {
-            execution_id: "e".into(),
-            flo_id: "f".into(),
-            dir: PathBuf::from("/tmp"),
-            started_at: String::new(),
             pid: Some(me),
             pid_start: Some(a),
             boot_id: boot_id(),
+            ..record("e", Path::new("/tmp"))
         };
         assert!(still_running(&r));
         assert!(!still_running(&Record {
@@ -150,29 +340,90 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_round_trip_and_corrupt_entries_move_aside() {
+    fn live_entries_survive_a_reopen_with_their_pid_and_finished_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let r = Record {
-            execution_id: "e1".into(),
-            flo_id: "f".into(),
-            dir: dir.path().to_path_buf(),
-            started_at: "now".into(),
-            pid: None,
-            pid_start: None,
-            boot_id: None,
-        };
-        j.record(&r).unwrap();
-        fs::write(dir.path().join(JOURNAL_DIR).join("e2.json"), b"").unwrap();
-        let left = j.leftovers().unwrap();
-        assert_eq!(left, vec![r]);
-        assert!(dir
-            .path()
-            .join(JOURNAL_DIR)
-            .join(CORRUPT_DIR)
-            .join("e2.json")
-            .exists());
+        let mut a = record("a", dir.path());
+        let b = record("b", dir.path());
+        j.record(&a).unwrap();
+        j.record(&b).unwrap();
+        a.pid = Some(42);
+        a.pid_start = Some(7);
+        j.update(&a).unwrap();
+        j.remove(&ExecutionId::parse("b").unwrap());
+        assert!(j.is_live("a") && !j.is_live("b"));
+        drop(j);
+        let again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.leftovers().unwrap(), vec![a.clone()]);
+        // The reopened log holds only the live entry.
+        let text = fs::read_to_string(dir.path().join(JOURNAL_DIR).join(JOURNAL_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        again.remove(&ExecutionId::parse("a").unwrap());
+        assert!(Journal::open(dir.path())
+            .unwrap()
+            .leftovers()
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_torn_line_is_skipped_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.record(&record("a", dir.path())).unwrap();
+        drop(j);
+        let log = dir.path().join(JOURNAL_DIR).join(JOURNAL_FILE);
+        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"{\"start\":{\"execution_id\":\"b\",\"fl")
+            .unwrap();
+        drop(f);
+        let again = Journal::open(dir.path()).unwrap();
+        let ids: Vec<_> = again
+            .leftovers()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.execution_id)
+            .collect();
+        assert_eq!(ids, vec!["a"]);
+    }
+
+    #[test]
+    fn compacts_once_long_and_keeps_what_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let keep = record("keep", dir.path());
+        j.record(&keep).unwrap();
+        for i in 0..2000 {
+            let r = record(&format!("e{i}"), dir.path());
+            j.record(&r).unwrap();
+            j.remove(&ExecutionId::parse(&r.execution_id).unwrap());
+        }
+        let log = dir.path().join(JOURNAL_DIR).join(JOURNAL_FILE);
+        let len = fs::metadata(&log).unwrap().len();
+        assert!(len < COMPACT_AT + 4096, "log is {len} bytes");
+        drop(j);
+        let again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.leftovers().unwrap(), vec![keep]);
+    }
+
+    #[test]
+    fn entries_of_the_older_layout_are_read_and_corrupt_ones_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join(JOURNAL_DIR);
+        fs::create_dir_all(&jdir).unwrap();
+        let r = record("e1", dir.path());
+        fs::write(jdir.join("e1.json"), serde_json::to_vec_pretty(&r).unwrap()).unwrap();
+        fs::write(jdir.join("e2.json"), b"").unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.leftovers().unwrap(), vec![r]);
+        assert!(j.is_live("e1"));
+        assert!(!jdir.join("e1.json").exists(), "migrated into the log");
+        assert!(jdir.join(CORRUPT_DIR).join("e2.json").exists());
         j.remove(&ExecutionId::parse("e1").unwrap());
-        assert!(j.leftovers().unwrap().is_empty());
+        assert!(Journal::open(dir.path())
+            .unwrap()
+            .leftovers()
+            .unwrap()
+            .is_empty());
     }
 }

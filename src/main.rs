@@ -317,7 +317,7 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     outbox.start_sender(api.clone(), shutdown.clone());
     retention::Retention::new(
         &config.execution.execution_directory,
-        state_dir,
+        ctx.journal.clone(),
         config.execution.retention,
         config.execution.retention_max_bytes,
     )

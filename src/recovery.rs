@@ -168,6 +168,8 @@ mod tests {
                 boot_id: None,
             })
             .unwrap();
+        // The runner dies; the next one opens the journal.
+        let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(recover(&journal, &outbox, Duration::from_secs(1), 1000), 1);
         assert_eq!(outbox.depth(), 1);
         assert!(journal.leftovers().unwrap().is_empty());
@@ -194,6 +196,7 @@ mod tests {
                 boot_id: None,
             })
             .unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(recover(&journal, &outbox, Duration::from_secs(1), 1000), 1);
         let out = dir.path().join(crate::outbox::OUTBOX_DIR);
         let files: Vec<_> = std::fs::read_dir(&out)

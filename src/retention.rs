@@ -10,15 +10,16 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use crate::journal::JOURNAL_DIR;
+use crate::journal::Journal;
 use crate::shutdown::Shutdown;
 
 const EVERY: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Retention {
     pub root: PathBuf,
-    pub journal: PathBuf,
+    /// Which executions are running (never removed).
+    pub journal: Journal,
     /// `None`: keep regardless of age.
     pub max_age: Option<Duration>,
     /// `None`: no size limit.
@@ -34,13 +35,13 @@ struct Dir {
 impl Retention {
     pub fn new(
         root: &Path,
-        state_dir: &Path,
+        journal: Journal,
         max_age: Option<Duration>,
         max_bytes: Option<u64>,
     ) -> Self {
         Self {
             root: root.to_path_buf(),
-            journal: state_dir.join(JOURNAL_DIR),
+            journal,
             max_age,
             max_bytes,
         }
@@ -119,11 +120,7 @@ impl Retention {
                     continue;
                 }
                 let name = exec.file_name();
-                let running = self
-                    .journal
-                    .join(format!("{}.json", name.to_string_lossy()))
-                    .exists();
-                if running {
+                if self.journal.is_live(&name.to_string_lossy()) {
                     continue;
                 }
                 let (bytes, modified) = usage(&exec.path());
@@ -187,9 +184,19 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let c = exec_dir(root.path(), "g", "c", 1000);
         // `a` is the oldest but still running.
-        fs::create_dir_all(state.path().join(JOURNAL_DIR)).unwrap();
-        fs::write(state.path().join(JOURNAL_DIR).join("a.json"), b"{}").unwrap();
-        let r = Retention::new(root.path(), state.path(), None, Some(1500));
+        let journal = Journal::open(state.path()).unwrap();
+        journal
+            .record(&crate::journal::Record {
+                execution_id: "a".into(),
+                flo_id: "f".into(),
+                dir: a.clone(),
+                started_at: String::new(),
+                pid: None,
+                pid_start: None,
+                boot_id: None,
+            })
+            .unwrap();
+        let r = Retention::new(root.path(), journal, None, Some(1500));
         let (removed, _) = r.sweep();
         assert_eq!(removed, 1);
         assert!(a.exists() && !b.exists() && c.exists());
@@ -201,20 +208,16 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let a = exec_dir(root.path(), "f", "a", 10);
         std::thread::sleep(Duration::from_millis(50));
+        let journal = Journal::open(state.path()).unwrap();
         let r = Retention::new(
             root.path(),
-            state.path(),
+            journal.clone(),
             Some(Duration::from_millis(10)),
             None,
         );
         assert_eq!(r.sweep().0, 1);
         assert!(!a.exists() && !root.path().join("f").exists());
-        let keep = Retention::new(
-            root.path(),
-            state.path(),
-            Some(Duration::from_secs(3600)),
-            None,
-        );
+        let keep = Retention::new(root.path(), journal, Some(Duration::from_secs(3600)), None);
         exec_dir(root.path(), "f", "b", 10);
         assert_eq!(keep.sweep().0, 0);
     }
