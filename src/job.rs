@@ -133,7 +133,7 @@ fn run(ctx: &Context, job: &Job) {
 
     let sink = Arc::new(Mutex::new(Sink {
         tail: LogTail::new(ctx.config.execution.max_log_bytes),
-        file: OutputFile::create(
+        file: OutputFile::new(
             &ws.dir.join(OUTPUT_FILE),
             ctx.config.execution.max_output_file_bytes,
         ),
@@ -222,26 +222,33 @@ pub fn report(
             }
         }
     }
-    let result_written = ctx.outbox.put_unsynced(Kind::Result, id, &body);
-    if let Ok((_, path)) = &result_written {
-        written.push(path.clone());
-    }
-    if let Err(e) = result_written {
-        // Not durable, but not lost yet: send it now, as the Go runner would.
-        log::error!(
-            "execution {id}: cannot write the result to the outbox ({e}); sending it directly"
-        );
-        if let Err(e) = ctx.api.send_result(id, &body) {
-            log::error!("execution {id}: result lost: {e}; a copy is in {RESULT_FILE}");
+    let result_path = match ctx.outbox.put_unsynced(Kind::Result, id, &body) {
+        Ok((_, path)) => path,
+        Err(e) => {
+            // Not durable, but not lost yet: send it now, as the Go runner would.
+            log::error!(
+                "execution {id}: cannot write the result to the outbox ({e}); sending it directly"
+            );
+            if let Some(dir) = dir {
+                if let Err(e) = fsutil::replace(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
+                    log::warn!("execution {id}: cannot keep a copy of the result: {e}");
+                }
+            }
+            if let Err(e) = ctx.api.send_result(id, &body) {
+                log::error!("execution {id}: result lost: {e}");
+            }
+            ctx.journal.remove(id);
+            return;
         }
-        ctx.journal.remove(id);
-        return;
-    }
+    };
+    written.push(result_path.clone());
     // The copy for operators comes after the outbox entry: a crash in between
     // leaves the outbox entry, which recovery sees, never a result.json that
-    // recovery would contradict.
+    // recovery would contradict. It is a second name for the outbox file
+    // (no new inode) where the filesystem allows.
     if let Some(dir) = dir {
-        if let Err(e) = fsutil::replace(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
+        let copy = dir.join(RESULT_FILE);
+        if let Err(e) = fsutil::link_or_copy(&result_path, &copy, &body, fsutil::FILE_MODE) {
             log::warn!("execution {id}: cannot keep a copy of the result: {e}");
         }
     }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Longest line kept; the rest of a longer line is cut with a marker, so one
 /// endless line never stalls the reader or grows memory.
@@ -137,39 +137,73 @@ impl LogTail {
     }
 }
 
-/// `output.log` in the execution directory, capped at `cap` bytes.
+/// `output.log` in the execution directory, capped at `cap` bytes. The file
+/// is created on the first line, so an execution that prints nothing costs
+/// no inode (creating one is the dearest thing the runner does on a busy
+/// ext4; see BENCHMARKS.md).
 pub struct OutputFile {
-    file: Option<BufWriter<File>>,
+    path: PathBuf,
+    file: Sink,
     written: u64,
     cap: u64,
     capped: bool,
 }
 
+enum Sink {
+    NotYet,
+    Open(BufWriter<File>),
+    Off,
+}
+
 impl OutputFile {
-    pub fn create(path: &Path, cap: u64) -> Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(crate::fsutil::FILE_MODE)
-            .open(path)
-            .map_err(|e| log::warn!("cannot write {}: {e}", path.display()))
-            .ok()
-            .map(BufWriter::new);
+    pub fn new(path: &Path, cap: u64) -> Self {
         Self {
-            file,
+            path: path.to_path_buf(),
+            file: Sink::NotYet,
             written: 0,
             cap,
             capped: false,
         }
     }
 
+    /// Creates the file, never through what is already at its name: the
+    /// executor runs by now, and a link it left there (to a file outside the
+    /// execution directory) must not be written through. Whatever is there is
+    /// unlinked (the name only) and the file created afresh.
+    fn open(path: &Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(crate::fsutil::FILE_MODE)
+                .open(path)
+        };
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(path)?;
+                create()
+            }
+            other => other,
+        }
+    }
+
     pub fn write_line(&mut self, line: &str) {
-        let Some(f) = self.file.as_mut() else { return };
         if self.capped {
             return;
         }
+        if let Sink::NotYet = self.file {
+            self.file = match Self::open(&self.path) {
+                Ok(f) => Sink::Open(BufWriter::new(f)),
+                Err(e) => {
+                    log::warn!("cannot write {}: {e}", self.path.display());
+                    Sink::Off
+                }
+            };
+        }
+        let Sink::Open(f) = &mut self.file else {
+            return;
+        };
         let len = line.len() as u64 + 1;
         let result = if self.written + len > self.cap {
             self.capped = true;
@@ -185,12 +219,12 @@ impl OutputFile {
         };
         if let Err(e) = result {
             log::warn!("writing output.log failed, giving up on it: {e}");
-            self.file = None;
+            self.file = Sink::Off;
         }
     }
 
     pub fn close(&mut self) {
-        if let Some(mut f) = self.file.take() {
+        if let Sink::Open(mut f) = std::mem::replace(&mut self.file, Sink::Off) {
             let _ = f.flush();
         }
     }
@@ -246,5 +280,27 @@ mod tests {
         small.push("a");
         small.push("b");
         assert_eq!(small.render(), "a\nb");
+    }
+
+    #[test]
+    fn output_file_appears_with_the_first_line_and_never_writes_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        let mut quiet = OutputFile::new(&path, 1 << 20);
+        quiet.close();
+        assert!(!path.exists(), "no output, no file");
+
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        std::os::unix::fs::symlink(&outside, &path).unwrap();
+        let mut f = OutputFile::new(&path, 1 << 20);
+        f.write_line("hello");
+        f.close();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\n");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }
