@@ -96,22 +96,25 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> io::Result<(ExitStatus, Vec
     let mut child = cmd.spawn()?;
     let out = child.stdout.take().map(|s| collect(s, 1 << 20));
     let err = child.stderr.take().map(|s| collect(s, 64 << 10));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            cancel::kill_leftovers(child.id());
-            let _ = child.wait();
+    // A blocking wait on its own thread, so a quick executor is seen at once
+    // (a polling loop made each discovery run cost at least one sleep).
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(limit) {
+        Ok(status) => status?,
+        Err(_) => {
+            cancel::kill_leftovers(pid);
+            let _ = rx.recv();
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("did not finish within {} s", limit.as_secs()),
             ));
         }
-        thread::sleep(Duration::from_millis(20));
     };
-    cancel::kill_leftovers(child.id());
+    cancel::kill_leftovers(pid);
     let join =
         |h: Option<thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
     Ok((status, join(out), join(err)))
