@@ -71,7 +71,13 @@ pub struct Api {
     identity: Arc<Identity>,
     poll_agent: ureq::Agent,
     agent: ureq::Agent,
+    /// A fresh signature over the claim body, made ahead of need (see
+    /// [`Api::presign_claim`]). Each is used once.
+    claim_signature: std::sync::Mutex<Option<String>>,
 }
+
+/// The claim body (PROTOCOL.md §6): the same bytes for every execution.
+const CLAIM_BODY: &[u8] = br#"{"state":"running"}"#;
 
 fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
     let mut builder = ureq::AgentBuilder::new()
@@ -111,6 +117,7 @@ impl Api {
             identity,
             poll_agent: agent(POLL_TIMEOUT, net),
             agent: agent(CALL_TIMEOUT, net),
+            claim_signature: std::sync::Mutex::new(None),
         }
     }
 
@@ -175,13 +182,31 @@ impl Api {
         }
     }
 
+    /// Signs the next claim now, while nothing waits for it (the poller
+    /// calls this before a poll), so that the claim, which the time from
+    /// "work available" to "executor started" waits on, needs no RSA
+    /// operation. The claim body never changes, so the signature can be made
+    /// before the execution is known; each one is used for one claim only.
+    pub fn presign_claim(&self) {
+        if crate::sync::lock(&self.claim_signature).is_some() {
+            return;
+        }
+        match self.identity.signer.sign_hex(CLAIM_BODY) {
+            Ok(sig) => *crate::sync::lock(&self.claim_signature) = Some(sig),
+            // The claim will sign (and report the error) itself.
+            Err(e) => log::debug!("cannot sign a claim ahead: {e}"),
+        }
+    }
+
     /// `POST /api/v1/execution/{id}/state` with `{"state":"running"}`.
     pub fn claim(&self, id: &ExecutionId) -> Result<u16, ApiError> {
-        let body = protocol::StateUpdate {
-            state: "running".to_string(),
+        let ready = crate::sync::lock(&self.claim_signature).take();
+        let signature = match ready {
+            Some(sig) => sig,
+            None => self.identity.signer.sign_hex(CLAIM_BODY)?,
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
-        let resp = self.post_signed("state", &self.agent, &paths::state(id.as_str()), &bytes)?;
+        let path = paths::state(id.as_str());
+        let resp = self.post("state", &self.agent, &path, CLAIM_BODY, &signature)?;
         Ok(drain(resp))
     }
 
@@ -234,10 +259,21 @@ impl Api {
         body: &[u8],
     ) -> Result<ureq::Response, ApiError> {
         let signature = self.identity.signer.sign_hex(body)?;
+        self.post(route, agent, path, body, &signature)
+    }
+
+    fn post(
+        &self,
+        route: &'static str,
+        agent: &ureq::Agent,
+        path: &str,
+        body: &[u8],
+        signature: &str,
+    ) -> Result<ureq::Response, ApiError> {
         let req = agent
             .post(&self.url(path))
             .set("Content-Type", "application/json")
-            .set(SIGNATURE_HEADER, &signature);
+            .set(SIGNATURE_HEADER, signature);
         let started = Instant::now();
         timed(route, started, req.send_bytes(body))
     }
@@ -317,4 +353,17 @@ fn drain(resp: ureq::Response) -> u16 {
         &mut std::io::sink(),
     );
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_presigned_claim_body_is_the_protocol_body() {
+        let body = protocol::StateUpdate {
+            state: "running".into(),
+        };
+        assert_eq!(serde_json::to_vec(&body).unwrap(), CLAIM_BODY);
+    }
 }

@@ -49,6 +49,8 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
         {
             break;
         }
+        // Off the path from "work available" to "executor started".
+        ctx.api.presign_claim();
         {
             let mut g = gate.lock();
             if ctx.shutdown.is_requested() {
