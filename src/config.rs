@@ -355,7 +355,7 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             "log_batch_lines",
             &["FLOMATION_RUNNER_LOG_BATCH_LINES"],
         )?
-        .unwrap_or(200);
+        .unwrap_or(1000);
     if log_batch_lines == 0 {
         return Err(src.invalid(
             "execution.log_batch_lines",
@@ -827,7 +827,7 @@ mod tests {
         assert!(c.execution.timeout.is_none());
         assert_eq!(c.execution.kill_grace, Duration::from_secs(10));
         assert_eq!(c.execution.max_log_bytes, 1_048_576);
-        assert_eq!(c.execution.log_batch_lines, 200);
+        assert_eq!(c.execution.log_batch_lines, 1000);
         assert_eq!(c.execution.log_flush, Duration::from_millis(500));
     }
 
