@@ -531,6 +531,46 @@ fn oversized_bodies_are_refused_unread() {
     assert_eq!(&head, b"HTTP/1.1 413");
 }
 
+/// Many keep-alive connections opened together are all served, none left
+/// waiting for another to close. tiny_http 0.12 could lose the wake-up for
+/// a connection that arrived beside another (vendor/tiny_http/FLO-PATCH.md):
+/// it then went unread for as long as the other connections stayed open,
+/// which here is until the end of the test, so it shows as a read timeout.
+#[test]
+fn connections_opened_together_are_all_served() {
+    let server = DevServer::start(0);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    for round in 0..5 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(24));
+        let threads: Vec<_> = (0..24)
+            .map(|_| {
+                let (addr, barrier) = (addr.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut stream = TcpStream::connect(&addr).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(8)))
+                        .unwrap();
+                    stream
+                        .write_all(b"GET /admin/executions HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .unwrap();
+                    let mut head = [0u8; 12];
+                    let answered = stream.read_exact(&mut head).map(|_| head);
+                    // Every connection stays open until all have been answered.
+                    barrier.wait();
+                    answered
+                })
+            })
+            .collect();
+        for t in threads {
+            match t.join().unwrap() {
+                Ok(head) => assert_eq!(&head, b"HTTP/1.1 200", "round {round}"),
+                Err(e) => panic!("round {round}: a connection was not served: {e}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn admin_subcommands() {
     let server = DevServer::start(0);
