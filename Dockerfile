@@ -16,6 +16,10 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The dev server's patched tiny_http: cargo resolves it even for this binary.
+COPY vendor ./vendor
+# Cargo.toml names the bench target, and cargo checks that it exists.
+COPY benches ./benches
 COPY src ./src
 RUN cargo build --release --locked --bin flo-runner \
     && install -D -m 0755 target/release/flo-runner /out/flo-runner

@@ -643,3 +643,58 @@ fn real_runner_kubernetes_mode_uses_the_file_and_reports_healthy() {
     );
     assert!(!runner.log().contains(CODE));
 }
+
+/// The image's build stage copies only some of the repository. Without a
+/// Docker engine here, this checks the part that broke before: `cargo check`
+/// of the runner must work with exactly those files (cargo checks, for
+/// instance, that the bench target and the patched dependency exist). The
+/// sources are the `COPY` lines of the `builder` stage, minus `.dockerignore`'s
+/// `*.md`. It shares this build's target directory, so it only checks.
+#[test]
+fn the_dockerfile_build_stage_copies_what_cargo_needs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let stage: Vec<&str> = dockerfile
+        .lines()
+        .skip_while(|l| !l.contains(" AS builder"))
+        .take_while(|l| !l.starts_with("RUN "))
+        .collect();
+    let sources: Vec<&str> = stage
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    assert!(sources.contains(&"Cargo.toml"), "{stage:?}");
+    let dir = tempfile::tempdir().unwrap();
+    for source in &sources {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(root.join(source))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cp {source}");
+    }
+    // .dockerignore leaves out every *.md.
+    let status = Command::new("find")
+        .arg(dir.path())
+        .args(["-name", "*.md", "-delete"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| root.join("target").into());
+    let out = Command::new(env!("CARGO"))
+        .args(["check", "--locked", "--offline", "--bin", "flo-runner"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo rejects the build stage's files ({sources:?}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
