@@ -183,7 +183,7 @@ impl Api {
     }
 
     /// Signs the next claim now, while nothing waits for it (the poller
-    /// calls this before a poll), so that the claim, which the time from
+    /// calls this before a poll when no execution runs), so that the claim, which the time from
     /// "work available" to "executor started" waits on, needs no RSA
     /// operation. The claim body never changes, so the signature can be made
     /// before the execution is known; each one is used for one claim only.

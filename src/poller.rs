@@ -49,8 +49,13 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
         {
             break;
         }
-        // Off the path from "work available" to "executor started".
-        ctx.api.presign_claim();
+        // Sign the next claim ahead, off the path from "work available" to
+        // "executor started", but only while nothing runs: under load it
+        // would put a second signature on this one thread's path to the
+        // next poll, and the claim can sign on its own worker instead.
+        if pool.slots.busy() == 0 {
+            ctx.api.presign_claim();
+        }
         {
             let mut g = gate.lock();
             if ctx.shutdown.is_requested() {
