@@ -26,9 +26,14 @@ struct DevServer {
 
 impl DevServer {
     fn start(long_poll_secs: u64) -> Self {
+        Self::start_with(long_poll_secs, &[])
+    }
+
+    fn start_with(long_poll_secs: u64, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["--listen", "127.0.0.1:0", "--registration-code", CODE])
             .args(["--long-poll-secs", &long_poll_secs.to_string()])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -393,6 +398,46 @@ fn two_runners_polling_at_once_never_share_an_execution() {
             .0,
         200
     );
+}
+
+/// A runner killed between poll and claim must not keep its execution
+/// forever: with `--claim-lease-secs`, an allocation not claimed in time goes
+/// back to the queue, the next poll gets it, and the late claim gets 409.
+#[test]
+fn an_unclaimed_execution_returns_to_the_queue_after_the_lease() {
+    let server = DevServer::start_with(0, &["--claim-lease-secs", "1"]);
+    let a = TestRunner::new(&server, "LeaseAaaaaaaaaaa", &keys()[1]);
+    let b = TestRunner::new(&server, "LeaseBbbbbbbbbbb", &keys()[2]);
+    assert_eq!(a.register().0, 200);
+    assert_eq!(b.register().0, 200);
+    let id = server.enqueue(json!({"flow": {}}));
+    let (status, body) = a.poll();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&id));
+    // Within the lease it stays A's.
+    assert_eq!(b.poll().0, 204);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = b.poll();
+        if status == 200 {
+            break body;
+        }
+        assert_eq!(status, 204, "{body}");
+        assert!(Instant::now() < deadline, "the allocation never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(body.contains(&id));
+    let claim = json!({"state": "running"});
+    assert_eq!(
+        a.post(&paths::state(&id), &claim).0,
+        409,
+        "A's claim is late"
+    );
+    assert_eq!(b.post(&paths::state(&id), &claim).0, 200);
+    // Claimed: the lease no longer applies.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(a.poll().0, 204);
+    assert_eq!(server.execution(&id)["status"], "running");
 }
 
 #[test]

@@ -478,6 +478,52 @@ fn output_lines_are_streamed_in_order_and_in_batches() {
     assert_eq!(state_of(&only_result(&e))["logs"], expected.join("\n"));
 }
 
+/// Far more lines than the shipper may queue (10,000), printed as fast as
+/// the executor can: while the API keeps up, backpressure holds the executor
+/// on its pipe instead of dropping lines, so every line arrives, in order,
+/// and there is no drop marker.
+#[test]
+fn a_fast_printer_loses_no_line_while_the_api_keeps_up() {
+    let server = DevServer::start();
+    let runner = RunnerSetup::new(&server).start();
+    let n = 50_000;
+    let id = server.enqueue(
+        flow(json!([{"type": "print", "count": n, "bytes": 60}])),
+        json!({"flo_id": "flo-fast"}),
+    );
+    completed(&server, &runner, &id, Duration::from_secs(90));
+    let lines = lines_received(&server, &id);
+    let dropped: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("[flo-runner:"))
+        .collect();
+    assert!(dropped.is_empty(), "lines were dropped: {dropped:?}");
+    assert_eq!(lines.len(), n);
+    let in_order = lines
+        .iter()
+        .enumerate()
+        .all(|(i, l)| *l == format!("{:x<60}", format!("line {:06} ", i + 1)));
+    assert!(in_order, "every line, in order");
+}
+
+/// An execution that prints nothing leaves no `output.log` (the file is
+/// created with the first line), and `result.json` holds exactly what the
+/// server received.
+#[test]
+fn a_quiet_execution_has_no_output_log_and_result_json_is_the_report() {
+    let server = DevServer::start();
+    let runner = RunnerSetup::new(&server).start();
+    let id = server.enqueue(flow(json!([])), json!({"flo_id": "flo-quiet"}));
+    let e = completed(&server, &runner, &id, LIMIT);
+    let dir = runner.exec_dir("flo-quiet", &id);
+    assert!(dir.join("state.json").exists());
+    assert!(!dir.join("output.log").exists(), "no output, no output.log");
+    let result = only_result(&e);
+    assert_eq!(result["has_errored"], false, "{result:?}");
+    assert_eq!(read_json(&dir.join("result.json")), Value::Object(result));
+    assert_eq!(mode(&dir.join("result.json")), 0o600);
+}
+
 // ---------------------------------------------------------------- §5: trigger data
 
 #[test]

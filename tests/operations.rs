@@ -109,3 +109,73 @@ fn healthz_is_503_with_a_reason_before_registration() {
     assert_eq!(answer.0, 503, "{answer:?}");
     assert!(answer.1.contains("not registered"), "{answer:?}");
 }
+
+/// Sets the modification time of `path` to `hours` ago (not following links).
+fn age(path: &std::path::Path, hours: u64) {
+    let status = std::process::Command::new("touch")
+        .arg("-h")
+        .arg("-d")
+        .arg(format!("{hours} hours ago"))
+        .arg(path)
+        .status()
+        .expect("touch");
+    assert!(status.success());
+}
+
+/// An execution directory with one file of `bytes`, all `hours` old.
+fn old_execution(root: &std::path::Path, flo: &str, id: &str, bytes: usize, hours: u64) {
+    let dir = root.join(flo).join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("output.log"), vec![b'x'; bytes]).unwrap();
+    age(&dir.join("output.log"), hours);
+    age(&dir, hours);
+}
+
+/// Retention at start-up, on the real binary: finished execution directories
+/// older than `retention_hours` go, then the oldest while the rest exceed
+/// `retention_max_bytes`; a link inside a removed directory is removed, not
+/// followed, and nothing outside the execution directory is touched.
+#[test]
+fn retention_removes_old_and_excess_execution_directories_and_nothing_else() {
+    let server = DevServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("executions");
+    let outside = dir.path().join("precious.txt");
+    std::fs::write(&outside, b"keep me").unwrap();
+    old_execution(&root, "flow-a", "ancient", 10, 100);
+    std::os::unix::fs::symlink(&outside, root.join("flow-a/ancient/link")).unwrap();
+    age(&root.join("flow-a/ancient/link"), 100);
+    age(&root.join("flow-a/ancient"), 100);
+    old_execution(&root, "flow-b", "older", 700 * 1024, 3);
+    old_execution(&root, "flow-b", "newer", 700 * 1024, 2);
+    let runner = RunnerSetup::new(&server)
+        .set("execution", "retention_hours", json!(72))
+        .set("execution", "retention_max_bytes", json!(1024 * 1024))
+        .start_in(dir);
+    let swept = |r: &Runner| {
+        r.log()
+            .contains("retention: removed 2 finished execution directories")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !swept(&runner) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retention sweep; runner log:\n{}",
+            runner.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !root.join("flow-a").exists(),
+        "too old, and its flow dir emptied"
+    );
+    assert!(
+        !root.join("flow-b/older").exists(),
+        "oldest over the size cap"
+    );
+    assert!(
+        root.join("flow-b/newer/output.log").exists(),
+        "within both limits"
+    );
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+}

@@ -266,6 +266,10 @@ fn runner_without_the_ca_refuses_the_server_certificate() {
         log.to_lowercase().contains("certificate"),
         "the reason is the certificate:\n{log}"
     );
+    assert!(
+        log.contains("add its CA with tls.ca_cert"),
+        "the log says what to do:\n{log}"
+    );
     // The server is unharmed.
     assert!(server.runners().is_empty());
 }
