@@ -310,9 +310,13 @@ struct Bins {
 }
 
 fn bins() -> Res<Bins> {
-    let runner = PathBuf::from(env!("CARGO_BIN_EXE_flo-runner"));
+    // FLO_BENCH_RUNNER measures another build of flo-runner (say, an older
+    // commit's) against the same dev server and executor.
+    let runner = std::env::var_os("FLO_BENCH_RUNNER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flo-runner")));
     let devserver = PathBuf::from(env!("CARGO_BIN_EXE_flo-devserver"));
-    let dir = runner.parent().ok_or("no binary directory")?;
+    let dir = devserver.parent().ok_or("no binary directory")?;
     let noop = dir.join("examples").join("noop-executor");
     // `cargo bench` builds the binaries but not the examples; `make bench`
     // builds both first. Build the executor here when it is missing.
