@@ -278,8 +278,18 @@ mod tests {
         assert!(r.ends_with("line 0999"));
         let mut small = LogTail::new(1000);
         small.push("a");
+        small.push("");
         small.push("b");
-        assert_eq!(small.render(), "a\nb");
+        assert_eq!(small.render(), "a\n\nb");
+        assert_eq!(LogTail::new(1000).render(), "");
+        // A line longer than the whole budget keeps its end, at a char boundary.
+        let mut long = LogTail::new(MARKER_ROOM + 10);
+        long.push("first");
+        long.push(&"é".repeat(20));
+        let r = long.render();
+        assert!(r.ends_with("ééé"), "{r}");
+        assert!(r.starts_with("[flo-runner: output cut, 1 lines"), "{r}");
+        assert!(!r.contains('\u{FFFD}'), "{r}");
     }
 
     #[test]
