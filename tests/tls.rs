@@ -1,15 +1,17 @@
-//! TLS between the runner and the API (issue 5, "TLS and proxies"): the real
+//! TLS and proxies between the runner and the API (issue 5): the real
 //! `flo-devserver` serving HTTPS on loopback with certificates from a CA made
 //! here (rcgen), the real `flo-runner` trusting that CA through `tls.ca_cert`
-//! (or not), and client certificates when the server requires them.
+//! (or not), client certificates when the server requires them, and a small
+//! HTTP proxy made here that the runner must use, or bypass for `NO_PROXY`.
 
 mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{flow, wait_for, DevServer, Runner, RunnerSetup};
@@ -536,5 +538,129 @@ fn bad_certificate_files_are_named_and_fatal() {
         );
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+// ---------------------------------------------------------------- proxies
+
+/// A minimal HTTP proxy on loopback. `CONNECT host:port` opens a tunnel;
+/// any other request (the absolute form a client sends to a proxy) is
+/// relayed byte for byte to `upstream`. It records the first line of every
+/// connection it is given.
+struct Proxy {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (upstream, log) = (upstream.to_string(), seen.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (upstream, log) = (upstream.clone(), log.clone());
+                std::thread::spawn(move || relay(client, &upstream, &log));
+            }
+        });
+        Self { url, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn relay(mut client: TcpStream, upstream: &str, log: &Mutex<Vec<String>>) {
+    // The request head, byte by byte up to the blank line.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let first = text.lines().next().unwrap_or_default().to_string();
+    log.lock().unwrap().push(first.clone());
+    let server = match first.strip_prefix("CONNECT ") {
+        Some(rest) => {
+            let target = rest.split(' ').next().unwrap_or_default();
+            let Ok(server) = TcpStream::connect(target) else {
+                let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+                return;
+            };
+            let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+            server
+        }
+        None => {
+            let Ok(mut server) = TcpStream::connect(upstream) else {
+                return;
+            };
+            if server.write_all(&head).is_err() {
+                return;
+            }
+            server
+        }
+    };
+    let (Ok(mut client_in), Ok(mut server_out)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_in, &mut server_out);
+        let _ = server_out.shutdown(std::net::Shutdown::Write);
+    });
+    let mut server_in = server;
+    let _ = std::io::copy(&mut server_in, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+#[test]
+fn a_plain_http_api_is_reached_through_http_proxy_unless_no_proxy_names_it() {
+    let server = DevServer::start();
+    let proxy = Proxy::start(server.url.trim_start_matches("http://"));
+    let runner = RunnerSetup::new(&server)
+        .env("HTTP_PROXY", &proxy.url)
+        .start();
+    runs_an_execution(&server, &runner, "through the proxy");
+    let seen = proxy.seen();
+    let registration = format!("POST {}/api/v1/runner HTTP/1.1", server.url);
+    assert!(
+        seen.contains(&registration),
+        "requests went through the proxy, in absolute form: {seen:?}"
+    );
+    assert!(
+        runner.log().contains(&proxy.url),
+        "the log names the proxy:\n{}",
+        log_tail(&runner)
+    );
+
+    let direct = DevServer::start();
+    let unused = Proxy::start(direct.url.trim_start_matches("http://"));
+    let runner = RunnerSetup::new(&direct)
+        .env("HTTP_PROXY", &unused.url)
+        .env("NO_PROXY", "localhost,127.0.0.1")
+        .start();
+    runs_an_execution(&direct, &runner, "straight to the API");
+    assert_eq!(unused.seen(), Vec::<String>::new(), "NO_PROXY bypasses it");
+}
+
+#[test]
+fn an_https_api_is_reached_through_a_connect_tunnel() {
+    let pki = Pki::new();
+    let server = DevServer::start_tls(&str_args(&pki.serve_args(&[])), &pki.path("ca.pem"), None);
+    let proxy = Proxy::start("127.0.0.1:9");
+    let runner = setup(&server, json!({"ca_cert": pki.arg("ca.pem")}))
+        .env("HTTPS_PROXY", &proxy.url)
+        .start();
+    runs_an_execution(&server, &runner, "through the tunnel");
+    let seen = proxy.seen();
+    let host = server.url.trim_start_matches("https://");
+    assert!(!seen.is_empty(), "the runner never used the proxy");
+    for line in &seen {
+        assert_eq!(line, &format!("CONNECT {host} HTTP/1.1"), "{seen:?}");
     }
 }

@@ -25,6 +25,7 @@ pub struct Incoming {
 impl Incoming {
     /// Builds a request; the path may carry a query string.
     pub fn new(method: &str, url: &str, signature: Option<&str>, body: &[u8]) -> Self {
+        let url = origin_form(url);
         let (path, query) = match url.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (url.to_string(), None),
@@ -122,6 +123,25 @@ pub fn percent_encode_segment(s: &str) -> String {
     out
 }
 
+/// The path and query of a request target. A client talking through an
+/// HTTP proxy sends the absolute form (`http://host:port/path`, RFC 9112
+/// §3.2.2), which a server must accept as well as `/path`.
+fn origin_form(target: &str) -> &str {
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return target;
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        // `http://host?q` or `http://host`: the path is `/`.
+        Some(_) | None => "/",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +152,17 @@ mod tests {
         assert_eq!(r.segments(), ["admin", "executions", "../x"]);
         assert_eq!(r.query.as_deref(), Some("a=b"));
         assert_eq!(r.method, "GET");
+    }
+
+    #[test]
+    fn absolute_form_targets_are_routed_by_their_path() {
+        let r = Incoming::new("post", "http://127.0.0.1:8080/api/v1/runner?x=1", None, b"");
+        assert_eq!(r.path, "/api/v1/runner");
+        assert_eq!(r.query.as_deref(), Some("x=1"));
+        let r = Incoming::new("get", "HTTPS://api.example/admin/executions", None, b"");
+        assert_eq!(r.segments(), ["admin", "executions"]);
+        assert_eq!(Incoming::new("get", "http://host", None, b"").path, "/");
+        assert_eq!(Incoming::new("get", "/plain", None, b"").path, "/plain");
     }
 
     #[test]
