@@ -147,6 +147,8 @@ pub struct OutputFile {
     written: u64,
     cap: u64,
     capped: bool,
+    /// The last line once the cap is reached.
+    marker: String,
 }
 
 enum Sink {
@@ -163,6 +165,9 @@ impl OutputFile {
             written: 0,
             cap,
             capped: false,
+            marker: format!(
+                "[flo-runner: output.log reached its {cap} byte cap; the rest was not written]\n"
+            ),
         }
     }
 
@@ -205,13 +210,11 @@ impl OutputFile {
             return;
         };
         let len = line.len() as u64 + 1;
-        let result = if self.written + len > self.cap {
+        // Room is kept for the marker, so the file never exceeds the cap.
+        let room = self.cap.saturating_sub(self.marker.len() as u64);
+        let result = if self.written + len > room {
             self.capped = true;
-            writeln!(
-                f,
-                "[flo-runner: output.log reached its {} byte cap; the rest was not written]",
-                self.cap
-            )
+            f.write_all(self.marker.as_bytes())
         } else {
             self.written += len;
             f.write_all(line.as_bytes())
@@ -312,5 +315,23 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    #[test]
+    fn output_file_never_exceeds_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("output.log");
+        let mut f = OutputFile::new(&path, 300);
+        for i in 0..100 {
+            f.write_line(&format!("line {i:04}"));
+        }
+        f.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= 300, "{} bytes", text.len());
+        assert!(text.starts_with("line 0000\n"));
+        assert!(
+            text.ends_with("byte cap; the rest was not written]\n"),
+            "{text}"
+        );
     }
 }
