@@ -9,56 +9,18 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use common::{executor_path, flow, wait_for, DevServer, Runner, RunnerSetup};
-use serde_json::{json, Map, Value};
+use common::{
+    completed, execution_requests, executor_path, flow, lines_received, only_result, read_json,
+    state_of, wait_for, DevServer, Runner, RunnerSetup,
+};
+use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(20);
 const KEY_FILE: &str = "flomation-runner.pem";
 
 // ---------------------------------------------------------------- helpers
-
-/// The last lines of the runner's log, for failure messages.
-fn log_tail(runner: &Runner) -> String {
-    let log = runner.log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(80)..].join("\n")
-}
-
-/// Waits for the execution's result; the failure message carries the runner log.
-fn completed(server: &DevServer, runner: &Runner, id: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let e = server.execution(id);
-        if e["status"] == "completed" {
-            return e;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "execution {id} not completed within {limit:?}: {e:#}\nrunner log (tail):\n{}",
-                log_tail(runner)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The one result of a completed execution (asserting there is exactly one).
-fn only_result(e: &Value) -> Map<String, Value> {
-    let results = e["results"].as_array().expect("results array");
-    assert_eq!(results.len(), 1, "exactly one result expected: {e:#}");
-    results[0].as_object().expect("result object").clone()
-}
-
-fn state_of(result: &Map<String, Value>) -> Map<String, Value> {
-    result["state"].as_object().expect("state object").clone()
-}
-
-fn read_json(path: &Path) -> Value {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path)
@@ -82,36 +44,6 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// The runner's requests on `route` for execution `id`, in arrival order.
-fn execution_requests(server: &DevServer, route: &str, id: &str) -> Vec<Value> {
-    let path = match route {
-        "result" => format!("/api/v1/execution/{id}"),
-        other => format!("/api/v1/execution/{id}/{other}"),
-    };
-    server
-        .requests_on(route)
-        .into_iter()
-        .filter(|r| r["path"] == path.as_str())
-        .collect()
-}
-
-/// Every line the server accepted on `/logs` for `id`, batches concatenated
-/// in arrival order.
-fn lines_received(server: &DevServer, id: &str) -> Vec<String> {
-    execution_requests(server, "logs", id)
-        .iter()
-        .filter(|r| r["status"] == 200)
-        .flat_map(|r| {
-            r["body"]["lines"]
-                .as_array()
-                .expect("lines")
-                .iter()
-                .map(|l| l.as_str().expect("line").to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The absolute key path the runner passes as `--key`.
 fn key_path(runner: &Runner) -> String {
     runner
@@ -128,7 +60,7 @@ fn key_path(runner: &Runner) -> String {
 fn wait_polling(server: &DevServer, runner: &Runner) {
     wait_for(
         LIMIT,
-        &format!("the runner's first poll; log:\n{}", log_tail(runner)),
+        &format!("the runner's first poll; log:\n{}", runner.log_tail()),
         || !server.requests_on("poll").is_empty(),
     );
 }
@@ -912,7 +844,7 @@ fn check_in_pacing_and_prompt_polls_after_work() {
         .start(); // checkin_timeout 1
     wait_for(
         LIMIT,
-        &format!("five polls; log:\n{}", log_tail(&runner)),
+        &format!("five polls; log:\n{}", runner.log_tail()),
         || server.requests_on("poll").len() >= 5,
     );
     let idle = server.requests_on("poll");
@@ -1199,7 +1131,7 @@ fn feed_poll_answer(server: &DevServer, runner: &Runner, answer: Value) {
     let mut forced_seq = 0;
     wait_for(
         LIMIT,
-        &format!("the runner to take {answer}; log:\n{}", log_tail(runner)),
+        &format!("the runner to take {answer}; log:\n{}", runner.log_tail()),
         || {
             let forced: Vec<Value> = server
                 .requests_on("poll")
@@ -1217,7 +1149,7 @@ fn feed_poll_answer(server: &DevServer, runner: &Runner, answer: Value) {
     );
     wait_for(
         LIMIT,
-        &format!("a normal poll after {answer}; log:\n{}", log_tail(runner)),
+        &format!("a normal poll after {answer}; log:\n{}", runner.log_tail()),
         || {
             server
                 .requests_on("poll")

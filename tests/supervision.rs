@@ -6,68 +6,18 @@
 mod common;
 
 use std::fs;
-use std::io::BufReader;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{flow, wait_for, DevServer, Runner, RunnerSetup};
+use common::{
+    completed, execution_requests, flow, lines_received, only_result, read_json, state_of,
+    wait_for, DevServer, Runner, RunnerSetup,
+};
 use serde_json::{json, Map, Value};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- helpers
-
-fn log_tail(runner: &Runner) -> String {
-    let log = runner.log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(80)..].join("\n")
-}
-
-/// An admin GET read without a size limit (results and logs here are large).
-fn admin(server: &DevServer, path: &str) -> Value {
-    let resp = ureq::get(&format!("{}{path}", server.url))
-        .timeout(Duration::from_secs(60))
-        .call()
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    serde_json::from_reader(BufReader::new(resp.into_reader())).expect("admin JSON")
-}
-
-fn execution(server: &DevServer, id: &str) -> Value {
-    admin(server, &format!("/admin/executions/{id}"))
-}
-
-fn completed(server: &DevServer, runner: &Runner, id: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let e = server.execution(id);
-        if e["status"] == "completed" {
-            return execution(server, id);
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "execution {id} not completed within {limit:?}: {}\nrunner log (tail):\n{}",
-                e["status"],
-                log_tail(runner)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn only_result(e: &Value) -> Map<String, Value> {
-    let results = e["results"].as_array().expect("results array");
-    assert_eq!(
-        results.len(),
-        1,
-        "exactly one result expected, got {}",
-        results.len()
-    );
-    results[0].as_object().expect("result object").clone()
-}
-
-fn state_of(result: &Map<String, Value>) -> Map<String, Value> {
-    result["state"].as_object().expect("state object").clone()
-}
 
 fn logs_of(result: &Map<String, Value>) -> String {
     result["state"]["logs"]
@@ -76,45 +26,12 @@ fn logs_of(result: &Map<String, Value>) -> String {
         .to_string()
 }
 
-fn read_json(path: &Path) -> Value {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-/// The `/logs` requests for `id`, in arrival order.
-fn log_requests(server: &DevServer, id: &str) -> Vec<Value> {
-    let path = format!("/api/v1/execution/{id}/logs");
-    match admin(server, "/admin/requests") {
-        Value::Array(all) => all
-            .into_iter()
-            .filter(|r| r["route"] == "logs" && r["path"] == path.as_str())
-            .collect(),
-        other => panic!("requests: {other}"),
-    }
-}
-
-/// Every line the server accepted on `/logs` for `id`, in arrival order.
-fn lines_received(server: &DevServer, id: &str) -> Vec<String> {
-    log_requests(server, id)
-        .iter()
-        .filter(|r| r["status"] == 200)
-        .flat_map(|r| {
-            r["body"]["lines"]
-                .as_array()
-                .expect("lines")
-                .iter()
-                .map(|l| l.as_str().expect("line").to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Waits until the server has received `line` for `id` (the executor is
 /// past that node).
 fn wait_line(server: &DevServer, runner: &Runner, id: &str, line: &str) {
     wait_for(
         LIMIT,
-        &format!("line {line:?} on the server; log:\n{}", log_tail(runner)),
+        &format!("line {line:?} on the server; log:\n{}", runner.log_tail()),
         || lines_received(server, id).iter().any(|l| l == line),
     );
 }
@@ -279,7 +196,7 @@ fn an_executor_ignoring_sigterm_is_killed_after_the_grace() {
     assert!(
         runner.log().contains("SIGKILL"),
         "the executor ignored SIGTERM, so SIGKILL was needed; log:\n{}",
-        log_tail(&runner)
+        runner.log_tail()
     );
     assert_all_gone(&runner, &dir, 1);
 }
@@ -379,8 +296,8 @@ fn sigterm_lets_a_running_execution_finish_and_report() {
     let polls_at_signal = server.requests_on("poll").len();
     runner.signal("TERM");
     let status = runner.wait_exit(LIMIT);
-    assert_eq!(status.code(), Some(0), "log:\n{}", log_tail(&runner));
-    let e = execution(&server, &id);
+    assert_eq!(status.code(), Some(0), "log:\n{}", runner.log_tail());
+    let e = server.execution(&id);
     assert_eq!(
         e["status"], "completed",
         "the result was delivered before exit"
@@ -400,7 +317,7 @@ fn sigterm_lets_a_running_execution_finish_and_report() {
     assert!(
         runner.log().contains("waiting for 1 execution"),
         "shutdown progress is logged:\n{}",
-        log_tail(&runner)
+        runner.log_tail()
     );
 }
 
@@ -410,14 +327,14 @@ fn a_poll_held_open_by_the_server_does_not_delay_the_exit() {
     let mut runner = RunnerSetup::new(&server).start();
     wait_for(
         LIMIT,
-        &format!("registration; log:\n{}", log_tail(&runner)),
+        &format!("registration; log:\n{}", runner.log_tail()),
         || !server.runners().is_empty(),
     );
     std::thread::sleep(Duration::from_millis(500)); // inside the held poll
     let signalled = Instant::now();
     runner.signal("TERM");
     let status = runner.wait_exit(LIMIT);
-    assert_eq!(status.code(), Some(0), "log:\n{}", log_tail(&runner));
+    assert_eq!(status.code(), Some(0), "log:\n{}", runner.log_tail());
     let took = signalled.elapsed();
     assert!(
         took < Duration::from_secs(5),
@@ -443,9 +360,9 @@ fn past_the_shutdown_grace_running_executions_are_stopped() {
     let signalled = Instant::now();
     runner.signal("TERM");
     let status = runner.wait_exit(LIMIT);
-    assert_eq!(status.code(), Some(0), "log:\n{}", log_tail(&runner));
+    assert_eq!(status.code(), Some(0), "log:\n{}", runner.log_tail());
     assert!(signalled.elapsed() < Duration::from_secs(12));
-    let e = execution(&server, &id);
+    let e = server.execution(&id);
     assert_eq!(
         e["status"], "completed",
         "the result was delivered before exit"
@@ -495,7 +412,7 @@ fn a_second_signal_skips_the_wait() {
     let second = Instant::now();
     runner.signal("INT");
     let status = runner.wait_exit(LIMIT);
-    assert_eq!(status.code(), Some(0), "log:\n{}", log_tail(&runner));
+    assert_eq!(status.code(), Some(0), "log:\n{}", runner.log_tail());
     let took = second.elapsed();
     assert!(
         took < Duration::from_secs(7),
@@ -503,7 +420,7 @@ fn a_second_signal_skips_the_wait() {
     );
     // A forced stop delivers the result or keeps it durably: then the next
     // start in the same directory delivers it.
-    let mut e = execution(&server, &id);
+    let mut e = server.execution(&id);
     if e["status"] != "completed" {
         let dir = std::mem::replace(&mut runner.dir, tempfile::tempdir().expect("tempdir"));
         let restarted = RunnerSetup::new(&server).start_in(dir);
@@ -635,11 +552,11 @@ fn a_small_max_log_bytes_is_honoured_too() {
         assert!(
             Instant::now() < deadline,
             "no result; log:\n{}",
-            log_tail(&runner)
+            runner.log_tail()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let result = only_result(&execution(&server, &id));
+    let result = only_result(&server.execution(&id));
     let logs = logs_of(&result);
     assert!(
         logs.len() <= CAP,
@@ -755,7 +672,7 @@ fn logs_reach_the_server_in_order_through_a_flaky_route() {
     assert_eq!(result["has_errored"], false, "{result:#?}");
     assert_eq!(logs_of(&result), expected.join("\n"));
 
-    let requests = log_requests(&server, &id);
+    let requests = execution_requests(&server, "logs", &id);
     let failed = requests.iter().filter(|r| r["status"] == 500).count();
     assert!(
         failed > 0,

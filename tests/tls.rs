@@ -136,12 +136,6 @@ fn setup(server: &DevServer, tls: Value) -> RunnerSetup {
     s
 }
 
-fn log_tail(runner: &Runner) -> String {
-    let log = runner.log();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
 /// Runs one execution through `runner` and checks its result arrived.
 fn runs_an_execution(server: &DevServer, runner: &Runner, message: &str) {
     wait_for(LIMIT, "the runner to register", || {
@@ -160,7 +154,7 @@ fn runs_an_execution(server: &DevServer, runner: &Runner, message: &str) {
         assert!(
             Instant::now() < deadline,
             "execution not completed: {e:#}\nrunner log:\n{}",
-            log_tail(runner)
+            runner.log_tail()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -635,7 +629,7 @@ fn a_plain_http_api_is_reached_through_http_proxy_unless_no_proxy_names_it() {
     assert!(
         runner.log().contains(&proxy.url),
         "the log names the proxy:\n{}",
-        log_tail(&runner)
+        runner.log_tail()
     );
 
     let direct = DevServer::start();

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 pub const CODE: &str = "test-code";
 
@@ -59,38 +59,45 @@ pub struct DevServer {
     agent: ureq::Agent,
 }
 
+/// Starts `flo-devserver serve` on a loopback port with `extra` options and
+/// returns it with the URL from its banner, which must start with `scheme`.
+fn spawn_devserver(extra: &[&str], scheme: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flo-devserver"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--registration-code",
+            CODE,
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start flo-devserver");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read devserver banner");
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with(scheme))
+        .unwrap_or_else(|| panic!("unexpected devserver banner {line:?}"))
+        .to_string();
+    (child, url)
+}
+
 impl DevServer {
     pub fn start() -> Self {
         Self::start_with(&["--long-poll-secs", "0"])
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flo-devserver"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--registration-code",
-                CODE,
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start flo-devserver");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read devserver banner");
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| panic!("unexpected devserver banner {line:?}"))
-            .to_string();
+        let (child, url) = spawn_devserver(extra, "http://");
         Self {
             child,
             url,
@@ -413,32 +420,7 @@ impl DevServer {
                 .expect("client certificate and key"),
         };
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flo-devserver"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--registration-code",
-                CODE,
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start flo-devserver");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read devserver banner");
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("https://"))
-            .unwrap_or_else(|| panic!("unexpected devserver banner {line:?}"))
-            .to_string();
+        let (child, url) = spawn_devserver(extra, "https://");
         Self {
             child,
             url,
@@ -448,4 +430,86 @@ impl DevServer {
                 .build(),
         }
     }
+}
+
+// ---------------------------------------------------------------- results
+
+impl Runner {
+    /// The last 80 lines of the runner's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    }
+}
+
+/// Waits for the execution's result; the failure message carries the runner log.
+pub fn completed(server: &DevServer, runner: &Runner, id: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let e = server.execution(id);
+        if e["status"] == "completed" {
+            return e;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "execution {id} not completed within {limit:?}: {}\nrunner log (tail):\n{}",
+                e["status"],
+                runner.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The one result of a completed execution (asserting there is exactly one).
+pub fn only_result(e: &Value) -> Map<String, Value> {
+    let results = e["results"].as_array().expect("results array");
+    assert_eq!(
+        results.len(),
+        1,
+        "exactly one result expected, got {}: {}",
+        results.len(),
+        e["id"]
+    );
+    results[0].as_object().expect("result object").clone()
+}
+
+pub fn state_of(result: &Map<String, Value>) -> Map<String, Value> {
+    result["state"].as_object().expect("state object").clone()
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// The runner's requests on `route` for execution `id`, in arrival order.
+pub fn execution_requests(server: &DevServer, route: &str, id: &str) -> Vec<Value> {
+    let path = match route {
+        "result" => format!("/api/v1/execution/{id}"),
+        other => format!("/api/v1/execution/{id}/{other}"),
+    };
+    server
+        .requests_on(route)
+        .into_iter()
+        .filter(|r| r["path"] == path.as_str())
+        .collect()
+}
+
+/// Every line the server accepted on `/logs` for `id`, batches concatenated
+/// in arrival order.
+pub fn lines_received(server: &DevServer, id: &str) -> Vec<String> {
+    execution_requests(server, "logs", id)
+        .iter()
+        .filter(|r| r["status"] == 200)
+        .flat_map(|r| {
+            r["body"]["lines"]
+                .as_array()
+                .expect("lines")
+                .iter()
+                .map(|l| l.as_str().expect("line").to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
