@@ -212,7 +212,7 @@ impl Api {
 
     /// `POST /api/v1/execution/{id}/logs`.
     pub fn send_logs(&self, id: &ExecutionId, lines: &[String]) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec(&serde_json::json!({ "lines": lines }))
+        let bytes = serde_json::to_vec(&protocol::LogBatchRef { lines })
             .map_err(|e| ApiError::Decode(e.to_string()))?;
         self.send_logs_body(id, &bytes)
     }

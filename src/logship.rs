@@ -200,7 +200,9 @@ pub fn batch_bodies(lines: &[String], batch_lines: usize) -> Vec<Vec<u8>> {
             bytes += lines[end].len();
             end += 1;
         }
-        if let Ok(body) = serde_json::to_vec(&serde_json::json!({ "lines": &lines[start..end] })) {
+        if let Ok(body) = serde_json::to_vec(&crate::protocol::LogBatchRef {
+            lines: &lines[start..end],
+        }) {
             bodies.push(body);
         }
         start = end;

@@ -121,6 +121,12 @@ pub struct LogBatch {
     pub lines: Vec<String>,
 }
 
+/// A `/logs` body to send, borrowing its lines (no copy into a JSON value).
+#[derive(Debug, Serialize)]
+pub struct LogBatchRef<'a> {
+    pub lines: &'a [String],
+}
+
 /// `GET /api/v1/execution/{id}/status` answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusResponse {
