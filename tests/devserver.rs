@@ -2,10 +2,12 @@
 //! loopback port, real RSA keys and signatures, and assertions on what the
 //! admin API says the server received.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -30,25 +32,12 @@ impl DevServer {
     }
 
     fn start_with(long_poll_secs: u64, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--registration-code", CODE])
-            .args(["--long-poll-secs", &long_poll_secs.to_string()])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start flo-devserver");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let url = line
-            .trim()
-            .strip_prefix("flo-devserver listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let long_poll = long_poll_secs.to_string();
+        // No `serve`: it is the default subcommand.
+        let mut args = vec!["--listen", "127.0.0.1:0", "--registration-code", CODE];
+        args.extend(["--long-poll-secs", &long_poll]);
+        args.extend_from_slice(extra);
+        let (child, url) = common::spawn_devserver_with(&args, "http://");
         Self { child, url }
     }
 

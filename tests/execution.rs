@@ -7,13 +7,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    completed, execution_requests, executor_path, flow, lines_received, only_result, read_json,
-    state_of, wait_for, DevServer, Runner, RunnerSetup,
+    completed, execution_requests, executor_path, flow, lines_received, mode, only_result,
+    read_json, state_of, wait_for, DevServer, Runner, RunnerSetup,
 };
 use serde_json::{json, Value};
 
@@ -21,14 +20,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 const KEY_FILE: &str = "flomation-runner.pem";
 
 // ---------------------------------------------------------------- helpers
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
 
 /// The arguments the executor received (from the `argv.json` it wrote).
 fn argv(dir: &Path) -> Vec<String> {

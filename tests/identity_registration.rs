@@ -10,21 +10,13 @@ use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use common::{executor_path, flow, wait_for, DevServer, Runner, RunnerSetup, CODE};
+use common::{executor_path, flow, mode, wait_for, DevServer, Runner, RunnerSetup, CODE};
 use rsa::pkcs1::DecodeRsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::RsaPrivateKey;
 use serde_json::{json, Value};
 
 const KEY_FILE: &str = "flomation-runner.pem";
-
-fn mode(path: &Path) -> u32 {
-    fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
 
 /// The PEM `PUBLIC KEY` of a PKCS#1 private key file.
 fn public_pem_of_pkcs1(path: &Path) -> String {

@@ -62,15 +62,23 @@ pub struct DevServer {
 /// Starts `flo-devserver serve` on a loopback port with `extra` options and
 /// returns it with the URL from its banner, which must start with `scheme`.
 fn spawn_devserver(extra: &[&str], scheme: &str) -> (Child, String) {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--registration-code",
+        CODE,
+    ];
+    args.extend_from_slice(extra);
+    spawn_devserver_with(&args, scheme)
+}
+
+/// Starts `flo-devserver` with exactly `args` (they must make it listen on a
+/// loopback port) and returns it with the URL from its banner, which must
+/// start with `scheme`.
+pub fn spawn_devserver_with(args: &[&str], scheme: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flo-devserver"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--registration-code",
-            CODE,
-        ])
-        .args(extra)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -512,4 +520,14 @@ pub fn lines_received(server: &DevServer, id: &str) -> Vec<String> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The permission bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
