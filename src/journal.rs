@@ -305,21 +305,24 @@ pub fn still_running(record: &Record) -> bool {
     process_start(pid) == Some(start)
 }
 
+/// A journal entry for tests: execution `id` of flow `f`, in `dir`, not
+/// spawned yet.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str, dir: &Path) -> Record {
+    Record {
+        execution_id: id.into(),
+        flo_id: "f".into(),
+        dir: dir.to_path_buf(),
+        started_at: format!("now-{id}"),
+        pid: None,
+        pid_start: None,
+        boot_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(id: &str, dir: &Path) -> Record {
-        Record {
-            execution_id: id.into(),
-            flo_id: "f".into(),
-            dir: dir.to_path_buf(),
-            started_at: format!("now-{id}"),
-            pid: None,
-            pid_start: None,
-            boot_id: None,
-        }
-    }
 
     #[test]
     fn own_start_time_is_readable_and_stable() {
@@ -330,7 +333,7 @@ mod tests {
             pid: Some(me),
             pid_start: Some(a),
             boot_id: boot_id(),
-            ..record("e", Path::new("/tmp"))
+            ..test_record("e", Path::new("/tmp"))
         };
         assert!(still_running(&r));
         assert!(!still_running(&Record {
@@ -343,8 +346,8 @@ mod tests {
     fn live_entries_survive_a_reopen_with_their_pid_and_finished_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let mut a = record("a", dir.path());
-        let b = record("b", dir.path());
+        let mut a = test_record("a", dir.path());
+        let b = test_record("b", dir.path());
         j.record(&a).unwrap();
         j.record(&b).unwrap();
         a.pid = Some(42);
@@ -370,7 +373,7 @@ mod tests {
     fn a_torn_line_is_skipped_and_the_others_kept() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        j.record(&record("a", dir.path())).unwrap();
+        j.record(&test_record("a", dir.path())).unwrap();
         drop(j);
         let log = dir.path().join(JOURNAL_DIR).join(JOURNAL_FILE);
         let mut f = OpenOptions::new().append(true).open(&log).unwrap();
@@ -391,10 +394,10 @@ mod tests {
     fn compacts_once_long_and_keeps_what_is_live() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        let keep = record("keep", dir.path());
+        let keep = test_record("keep", dir.path());
         j.record(&keep).unwrap();
         for i in 0..2000 {
-            let r = record(&format!("e{i}"), dir.path());
+            let r = test_record(&format!("e{i}"), dir.path());
             j.record(&r).unwrap();
             j.remove(&ExecutionId::parse(&r.execution_id).unwrap());
         }
@@ -411,7 +414,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jdir = dir.path().join(JOURNAL_DIR);
         fs::create_dir_all(&jdir).unwrap();
-        let r = record("e1", dir.path());
+        let r = test_record("e1", dir.path());
         fs::write(jdir.join("e1.json"), serde_json::to_vec_pretty(&r).unwrap()).unwrap();
         fs::write(jdir.join("e2.json"), b"").unwrap();
         let j = Journal::open(dir.path()).unwrap();

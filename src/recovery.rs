@@ -158,15 +158,7 @@ mod tests {
         std::fs::create_dir_all(&exec_dir).unwrap();
         std::fs::write(exec_dir.join(OUTPUT_FILE), "a\nb\n").unwrap();
         journal
-            .record(&Record {
-                execution_id: "e1".into(),
-                flo_id: "f".into(),
-                dir: exec_dir,
-                started_at: String::new(),
-                pid: None,
-                pid_start: None,
-                boot_id: None,
-            })
+            .record(&crate::journal::test_record("e1", &exec_dir))
             .unwrap();
         // The runner dies; the next one opens the journal.
         let journal = Journal::open(dir.path()).unwrap();
@@ -186,15 +178,7 @@ mod tests {
         let produced = br#"{"has_errored":false,"state":{"status":0,"logs":""}}"#;
         std::fs::write(exec_dir.join(crate::report::RESULT_FILE), produced).unwrap();
         journal
-            .record(&Record {
-                execution_id: "e2".into(),
-                flo_id: "f".into(),
-                dir: exec_dir,
-                started_at: String::new(),
-                pid: None,
-                pid_start: None,
-                boot_id: None,
-            })
+            .record(&crate::journal::test_record("e2", &exec_dir))
             .unwrap();
         let journal = Journal::open(dir.path()).unwrap();
         assert_eq!(recover(&journal, &outbox, Duration::from_secs(1), 1000), 1);

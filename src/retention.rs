@@ -186,15 +186,7 @@ mod tests {
         // `a` is the oldest but still running.
         let journal = Journal::open(state.path()).unwrap();
         journal
-            .record(&crate::journal::Record {
-                execution_id: "a".into(),
-                flo_id: "f".into(),
-                dir: a.clone(),
-                started_at: String::new(),
-                pid: None,
-                pid_start: None,
-                boot_id: None,
-            })
+            .record(&crate::journal::test_record("a", &a))
             .unwrap();
         let r = Retention::new(root.path(), journal, None, Some(1500));
         let (removed, _) = r.sweep();
