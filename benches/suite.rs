@@ -10,8 +10,8 @@
 //!
 //! Environment:
 //! * `FLO_BENCH_ONLY=overhead,throughput,...` runs only those measurements
-//!   (names: signing, overhead, throughput, logs, idle, peak, startup,
-//!   first_line);
+//!   (names: fs, signing, overhead, overhead_tmpfs, throughput,
+//!   throughput_tmpfs, logs, idle, peak, startup, first_line);
 //! * `FLO_BENCH_QUICK=1` shrinks every count (a smoke run, figures not
 //!   comparable); quick or partial runs write `bench/results-partial.json`
 //!   instead of `bench/results.json`;
