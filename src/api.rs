@@ -125,10 +125,6 @@ impl Api {
         &self.base
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identity
-    }
-
     /// `POST /api/v1/runner`, unsigned. Returns the 2xx status.
     pub fn register(&self, body: &protocol::RegistrationRequest) -> Result<u16, ApiError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode(e.to_string()))?;

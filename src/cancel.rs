@@ -84,7 +84,7 @@ impl Watcher {
 
     /// Starts watching a spawned executor (`pid` leads its own process group).
     pub fn register(&self, id: &ExecutionId, pid: u32, timeout: Option<Duration>) {
-        let Some(pgid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        let Some(pgid) = pid_of(pid) else {
             return;
         };
         let now = Instant::now();
@@ -129,6 +129,11 @@ fn begin_stop(id: &ExecutionId, e: &mut Entry, reason: StopReason) {
     e.stop = Some((reason, Instant::now(), false));
 }
 
+/// The process (group) id for `pid`, when it is one (not 0, fits an i32).
+pub fn pid_of(pid: u32) -> Option<Pid> {
+    i32::try_from(pid).ok().and_then(Pid::from_raw)
+}
+
 fn signal_group(pgid: Pid, signal: Signal) {
     if let Err(e) = kill_process_group(pgid, signal) {
         if e != rustix::io::Errno::SRCH {
@@ -140,7 +145,7 @@ fn signal_group(pgid: Pid, signal: Signal) {
 /// Kills whatever is left in a finished executor's process group (grandchildren
 /// it left behind), so they cannot hold its output pipes open forever.
 pub fn kill_leftovers(pid: u32) {
-    if let Some(pgid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+    if let Some(pgid) = pid_of(pid) {
         let _ = kill_process_group(pgid, Signal::Kill);
     }
 }

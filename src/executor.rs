@@ -158,9 +158,8 @@ pub fn arguments(config: &Config, identity: &Identity, job: &Job, ws: &Workspace
     if ws.trigger_data {
         push("--trigger-data", TRIGGER_FILE);
     }
-    if ws.context {
-        push("--context", CONTEXT_FILE);
-    }
+    // Always written by the workspace (§5 passes it "when written").
+    push("--context", CONTEXT_FILE);
     args.push("--key".into());
     args.push(identity.key_path.clone().into_os_string());
     args
@@ -270,8 +269,8 @@ pub fn run(
 }
 
 fn wait_exited(pid: u32) {
-    use rustix::process::{waitid, Pid, WaitId, WaitidOptions};
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+    use rustix::process::{waitid, WaitId, WaitidOptions};
+    let Some(pid) = cancel::pid_of(pid) else {
         return;
     };
     loop {

@@ -343,25 +343,6 @@ impl Outbox {
             self.attempt(api, next);
         }
     }
-
-    /// Waits until the outbox is empty or `deadline` passes; `true` if empty.
-    pub fn wait_empty(&self, deadline: Instant) -> bool {
-        let mut entries = self.lock();
-        loop {
-            if entries.is_empty() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            entries = crate::sync::wait_timeout(
-                &self.shared.wake,
-                entries,
-                (deadline - now).min(Duration::from_millis(200)),
-            );
-        }
-    }
 }
 
 /// `{seq}.{kind}.{execution_id}.json`

@@ -26,10 +26,6 @@ impl Slots {
         *self.lock()
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// Blocks until a slot is free. Returns `false` if shutdown came first.
     /// `tick` is called about every 200 ms while waiting (liveness).
     pub fn wait_free(&self, shutdown: &Shutdown, tick: &dyn Fn()) -> bool {

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::{kill_process_group, Signal};
 
 use crate::ids::ExecutionId;
 use crate::job::OUTPUT_FILE;
@@ -95,7 +95,7 @@ fn stop(record: &Record, grace: Duration) {
     let (Some(pid), Some(start)) = (record.pid, record.pid_start) else {
         return;
     };
-    let Some(pgid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+    let Some(pgid) = crate::cancel::pid_of(pid) else {
         return;
     };
     log::warn!(

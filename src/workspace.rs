@@ -28,7 +28,6 @@ pub struct Job {
 pub struct Workspace {
     pub dir: PathBuf,
     pub trigger_data: bool,
-    pub context: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +97,7 @@ pub fn prepare(
     })?;
     write(&dir, CONTEXT_FILE, &context)?;
 
-    Ok(Workspace {
-        dir,
-        trigger_data,
-        context: true,
-    })
+    Ok(Workspace { dir, trigger_data })
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WorkspaceError> {
