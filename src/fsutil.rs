@@ -9,6 +9,16 @@ use std::path::Path;
 pub const FILE_MODE: u32 = 0o600;
 /// Mode for execution and state directories.
 pub const DIR_MODE: u32 = 0o750;
+/// Where unreadable state files (outbox reports, journal entries) are moved.
+pub const CORRUPT_DIR: &str = "corrupt";
+/// Names of the temporary files behind atomic writes.
+const TEMP_PREFIX: &str = ".flo-tmp-";
+
+/// Whether `name` is one of our temporary files (a write that never
+/// finished, safe to remove at start-up).
+pub fn is_temp(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
 
 /// Writes `bytes` to `path` atomically with `mode`: readers see the old file
 /// or the whole new one, never a torn write, even across a crash.
@@ -48,7 +58,7 @@ fn write_temp(
         _ => Path::new("."),
     };
     let mut file = tempfile::Builder::new()
-        .prefix(".flo-tmp-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
     file.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))?;
@@ -97,6 +107,26 @@ pub fn link_or_copy(original: &Path, path: &Path, bytes: &[u8], mode: u32) -> io
     match linked {
         Ok(()) => Ok(()),
         Err(_) => replace(path, bytes, mode),
+    }
+}
+
+/// Moves a file into `dir` (creating it), with a warning saying why.
+pub fn move_aside(dir: &Path, path: &Path, why: &str) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let target = dir.join(name);
+    let result = create_dir_all(dir).and_then(|_| fs::rename(path, &target));
+    match result {
+        Ok(()) => log::warn!("{} moved to {} ({why})", path.display(), target.display()),
+        Err(e) => {
+            log::warn!(
+                "{} is unusable ({why}) and cannot be moved aside ({e}); removing it",
+                path.display()
+            );
+            let _ = fs::remove_file(path);
+        }
     }
 }
 

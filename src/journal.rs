@@ -28,9 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
+use crate::fsutil::{self, move_aside, CORRUPT_DIR};
 use crate::ids::ExecutionId;
-use crate::outbox::{move_aside, CORRUPT_DIR};
 
 pub const JOURNAL_DIR: &str = "journal";
 pub const JOURNAL_FILE: &str = "journal.log";
@@ -243,7 +242,7 @@ fn read_legacy(dir: &Path, live: &mut HashMap<String, Record>) -> io::Result<Vec
         }
         let path = item.path();
         let name = item.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".flo-tmp-") {
+        if fsutil::is_temp(&name) {
             let _ = fs::remove_file(&path);
             continue;
         }

@@ -20,13 +20,12 @@ use std::time::{Duration, Instant};
 
 use crate::api::{Api, ApiError};
 use crate::backoff::Backoff;
-use crate::fsutil;
+use crate::fsutil::{self, move_aside, CORRUPT_DIR};
 use crate::ids::ExecutionId;
 use crate::shutdown::Shutdown;
 
 pub const OUTBOX_DIR: &str = "outbox";
 pub const DEAD_DIR: &str = "dead";
-pub const CORRUPT_DIR: &str = "corrupt";
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
@@ -103,7 +102,7 @@ impl Outbox {
                 continue;
             }
             let name = item.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".flo-tmp-") {
+            if fsutil::is_temp(&name) {
                 // A write that never finished: it was never handed to anyone.
                 let _ = fs::remove_file(&path);
                 continue;
@@ -359,26 +358,6 @@ fn looks_like_json(path: &Path) -> bool {
     fs::read(path)
         .ok()
         .is_some_and(|b| serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok())
-}
-
-/// Moves a file into `dir` (creating it), with a warning saying why.
-pub fn move_aside(dir: &Path, path: &Path, why: &str) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    let target = dir.join(name);
-    let result = fsutil::create_dir_all(dir).and_then(|_| fs::rename(path, &target));
-    match result {
-        Ok(()) => log::warn!("{} moved to {} ({why})", path.display(), target.display()),
-        Err(e) => {
-            log::warn!(
-                "{} is unusable ({why}) and cannot be moved aside ({e}); removing it",
-                path.display()
-            );
-            let _ = fs::remove_file(path);
-        }
-    }
 }
 
 #[cfg(test)]
