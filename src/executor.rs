@@ -173,7 +173,7 @@ pub struct RunOutcome {
 }
 
 /// Starts the executor in its own process group and supervises it until it
-/// exits: every output line goes to `on_line` (from two reader threads), the
+/// exits: all output goes to `on_output` (from two reader threads), the
 /// watcher may stop it, and leftovers in its group are killed at the end.
 pub fn run(
     config: &Config,
@@ -182,7 +182,7 @@ pub fn run(
     job: &Job,
     watcher: &Watcher,
     on_spawn: impl FnOnce(u32),
-    on_line: impl Fn(String) + Send + Sync + 'static,
+    on_output: impl Fn(crate::output::Output) + Send + Sync + 'static,
 ) -> RunOutcome {
     let mut cmd = Command::new(&config.execution.program);
     cmd.args(args)
@@ -207,7 +207,7 @@ pub fn run(
     on_spawn(pid);
     watcher.register(&job.execution_id, pid, config.execution.timeout);
 
-    let on_line = std::sync::Arc::new(on_line);
+    let on_output = std::sync::Arc::new(on_output);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(2);
     let mut readers = 0;
     for (name, pipe) in [
@@ -227,12 +227,12 @@ pub fn run(
         ),
     ] {
         let Some(pipe) = pipe else { continue };
-        let on_line = on_line.clone();
+        let on_output = on_output.clone();
         let done = done_tx.clone();
         let spawned = thread::Builder::new()
             .name(format!("exec-{name}"))
             .spawn(move || {
-                if let Err(e) = crate::output::read_lines(pipe, |l| on_line(l)) {
+                if let Err(e) = crate::output::read_lines(pipe, |o| on_output(o)) {
                     log::warn!("reading executor {name}: {e}");
                 }
                 let _ = done.send(());

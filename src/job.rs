@@ -16,7 +16,7 @@ use crate::ids::ExecutionId;
 use crate::journal::{self, Journal, Record};
 use crate::logship::{self, LogShipper};
 use crate::outbox::{Kind, Outbox};
-use crate::output::{LogTail, OutputFile};
+use crate::output::{LogTail, Output, OutputFile};
 use crate::protocol::ExecutionResult;
 use crate::report::{self, RESULT_FILE};
 use crate::shutdown::Shutdown;
@@ -157,11 +157,14 @@ fn run(ctx: &Context, job: &Job) {
             job,
             &ctx.watcher,
             on_spawn,
-            move |line| {
-                let mut s = crate::sync::lock(&sink);
-                s.tail.push(&line);
-                s.file.write_line(&line);
-                shipper.push(&line_id, line);
+            move |output| match output {
+                Output::Line(line) => {
+                    let mut s = crate::sync::lock(&sink);
+                    s.tail.push(&line);
+                    s.file.write_line(&line);
+                    shipper.push(&line_id, line);
+                }
+                Output::CaughtUp => crate::sync::lock(&sink).file.flush(),
             },
         )
     };

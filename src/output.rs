@@ -12,10 +12,21 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Room kept in `state.logs` for the "cut" marker line.
 const MARKER_ROOM: usize = 160;
 
-/// Reads `source` line by line as output arrives, calling `emit` for each line
-/// (invalid UTF-8 replaced, `\n` removed, over-long lines cut). Memory is one
-/// 64 KiB buffer plus one line, whatever the executor prints.
-pub fn read_lines<R: Read>(source: R, mut emit: impl FnMut(String)) -> io::Result<()> {
+/// What a reader of executor output hands on.
+pub enum Output {
+    /// One line: invalid UTF-8 replaced, `\n` removed, over-long lines cut.
+    Line(String),
+    /// Everything read so far has been handed on, and the next read may
+    /// wait: the moment to flush what was buffered (`output.log`), so that
+    /// the file is current whenever the executor is quiet (crash recovery
+    /// reads its tail).
+    CaughtUp,
+}
+
+/// Reads `source` line by line as output arrives, calling `emit` for each
+/// line and whenever it has caught up. Memory is one 64 KiB buffer plus one
+/// line, whatever the executor prints.
+pub fn read_lines<R: Read>(source: R, mut emit: impl FnMut(Output)) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, source);
     let mut line: Vec<u8> = Vec::with_capacity(256);
     let mut cut: u64 = 0;
@@ -25,14 +36,14 @@ pub fn read_lines<R: Read>(source: R, mut emit: impl FnMut(String)) -> io::Resul
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if !line.is_empty() || cut > 0 {
-                    emit(finish(&mut line, &mut cut));
+                    emit(Output::Line(finish(&mut line, &mut cut)));
                 }
                 return Err(e);
             }
         };
         if buf.is_empty() {
             if !line.is_empty() || cut > 0 {
-                emit(finish(&mut line, &mut cut));
+                emit(Output::Line(finish(&mut line, &mut cut)));
             }
             return Ok(());
         }
@@ -46,7 +57,10 @@ pub fn read_lines<R: Read>(source: R, mut emit: impl FnMut(String)) -> io::Resul
         cut += (chunk.len() - keep) as u64;
         reader.consume(used);
         if complete {
-            emit(finish(&mut line, &mut cut));
+            emit(Output::Line(finish(&mut line, &mut cut)));
+        }
+        if reader.buffer().is_empty() {
+            emit(Output::CaughtUp);
         }
     }
 }
@@ -226,6 +240,16 @@ impl OutputFile {
         }
     }
 
+    /// Writes out what is buffered (see [`Output::CaughtUp`]).
+    pub fn flush(&mut self) {
+        if let Sink::Open(f) = &mut self.file {
+            if let Err(e) = f.flush() {
+                log::warn!("writing output.log failed, giving up on it: {e}");
+                self.file = Sink::Off;
+            }
+        }
+    }
+
     pub fn close(&mut self) {
         if let Sink::Open(mut f) = std::mem::replace(&mut self.file, Sink::Off) {
             let _ = f.flush();
@@ -239,7 +263,12 @@ mod tests {
 
     fn lines(input: &[u8]) -> Vec<String> {
         let mut out = Vec::new();
-        read_lines(input, |l| out.push(l)).unwrap();
+        read_lines(input, |o| {
+            if let Output::Line(l) = o {
+                out.push(l)
+            }
+        })
+        .unwrap();
         out
     }
 

@@ -431,6 +431,66 @@ fn a_second_signal_skips_the_wait() {
     assert_eq!(result["has_errored"], true, "{result:#?}");
 }
 
+/// The runner SIGKILLed while an execution runs: its next start finds the
+/// execution in the journal, stops the orphaned executor (provably the same
+/// process), and reports it errored with the output printed so far. The
+/// journal then holds it as done: a further restart sends nothing more.
+#[test]
+fn a_runner_killed_mid_execution_reports_it_at_its_next_start() {
+    let server = DevServer::start();
+    let mut runner = RunnerSetup::new(&server).start();
+    let id = server.enqueue(
+        flow(json!([
+            {"type": "log", "message": "begin"},
+            {"type": "sleep", "ms": 30000}
+        ])),
+        json!({"flo_id": "flo-crash"}),
+    );
+    wait_line(&server, &runner, &id, "[node #0] begin");
+    let dir = runner.exec_dir("flo-crash", &id);
+    let (pid, pgid) = executor_ids(&dir);
+    runner.signal("KILL");
+    runner.wait_exit(LIMIT);
+    assert!(
+        alive_in_group(pid, pgid),
+        "the executor outlives the runner"
+    );
+    assert_ne!(server.execution(&id)["status"], "completed");
+
+    let state = std::mem::replace(&mut runner.dir, tempfile::tempdir().expect("tempdir"));
+    let restarted = RunnerSetup::new(&server).start_in(state);
+    let e = completed(&server, &restarted, &id, LIMIT);
+    let result = only_result(&e);
+    assert_eq!(result["has_errored"], true, "{result:#?}");
+    assert_eq!(
+        result["state"]["error"], "runner stopped while this execution was running",
+        "{result:#?}"
+    );
+    assert!(logs_of(&result).contains("[node #0] begin"), "{result:#?}");
+    wait_for(LIMIT, "the orphaned executor to be stopped", || {
+        !alive_in_group(pid, pgid)
+    });
+
+    let state = restarted.into_dir();
+    let again = RunnerSetup::new(&server).start_in(state);
+    let polls = server.requests_on("poll").len();
+    wait_for(LIMIT, "the third start to poll", || {
+        server.requests_on("poll").len() > polls
+    });
+    // Recovery runs before the first poll: had the journal not recorded the
+    // execution as done, a second report would be in the outbox or delivered.
+    let queued = fs::read_dir(again.path().join("outbox"))
+        .map(|d| d.flatten().filter(|e| e.path().is_file()).count())
+        .unwrap_or(0);
+    assert_eq!(queued, 0, "nothing queued; log:\n{}", again.log_tail());
+    assert_eq!(
+        server.execution(&id)["results"].as_array().map(Vec::len),
+        Some(1),
+        "reported once; log:\n{}",
+        again.log_tail()
+    );
+}
+
 // ---------------------------------------------------------------- output
 
 #[test]
