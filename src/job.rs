@@ -183,7 +183,7 @@ fn run(ctx: &Context, job: &Job) {
         );
         s.tail.render()
     };
-    let result = report::build(Some(&ws.dir), &outcome.status, outcome.stopped, logs);
+    let result = report::build(&ws.dir, &outcome.status, outcome.stopped, logs);
     crate::metrics::global().execution_finished(match outcome.stopped {
         Some(crate::cancel::StopReason::TimedOut(_)) => "timed_out",
         Some(_) => "cancelled",

@@ -174,14 +174,13 @@ impl Journal {
     }
 
     /// Entries the previous run left (read at open) and not yet finished.
-    pub fn leftovers(&self) -> io::Result<Vec<Record>> {
+    pub fn leftovers(&self) -> Vec<Record> {
         let inner = crate::sync::lock(&self.inner);
-        Ok(self
-            .leftovers
+        self.leftovers
             .iter()
             .filter(|r| inner.live.contains_key(&r.execution_id))
             .cloned()
-            .collect())
+            .collect()
     }
 
     /// Whether execution `id` is running (or was, when the previous run died
@@ -356,16 +355,12 @@ mod tests {
         assert!(j.is_live("a") && !j.is_live("b"));
         drop(j);
         let again = Journal::open(dir.path()).unwrap();
-        assert_eq!(again.leftovers().unwrap(), vec![a.clone()]);
+        assert_eq!(again.leftovers(), vec![a.clone()]);
         // The reopened log holds only the live entry.
         let text = fs::read_to_string(dir.path().join(JOURNAL_DIR).join(JOURNAL_FILE)).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         again.remove(&ExecutionId::parse("a").unwrap());
-        assert!(Journal::open(dir.path())
-            .unwrap()
-            .leftovers()
-            .unwrap()
-            .is_empty());
+        assert!(Journal::open(dir.path()).unwrap().leftovers().is_empty());
     }
 
     #[test]
@@ -382,7 +377,6 @@ mod tests {
         let again = Journal::open(dir.path()).unwrap();
         let ids: Vec<_> = again
             .leftovers()
-            .unwrap()
             .into_iter()
             .map(|r| r.execution_id)
             .collect();
@@ -405,7 +399,7 @@ mod tests {
         assert!(len < COMPACT_AT + 4096, "log is {len} bytes");
         drop(j);
         let again = Journal::open(dir.path()).unwrap();
-        assert_eq!(again.leftovers().unwrap(), vec![keep]);
+        assert_eq!(again.leftovers(), vec![keep]);
     }
 
     #[test]
@@ -417,15 +411,11 @@ mod tests {
         fs::write(jdir.join("e1.json"), serde_json::to_vec_pretty(&r).unwrap()).unwrap();
         fs::write(jdir.join("e2.json"), b"").unwrap();
         let j = Journal::open(dir.path()).unwrap();
-        assert_eq!(j.leftovers().unwrap(), vec![r]);
+        assert_eq!(j.leftovers(), vec![r]);
         assert!(j.is_live("e1"));
         assert!(!jdir.join("e1.json").exists(), "migrated into the log");
         assert!(jdir.join(CORRUPT_DIR).join("e2.json").exists());
         j.remove(&ExecutionId::parse("e1").unwrap());
-        assert!(Journal::open(dir.path())
-            .unwrap()
-            .leftovers()
-            .unwrap()
-            .is_empty());
+        assert!(Journal::open(dir.path()).unwrap().leftovers().is_empty());
     }
 }

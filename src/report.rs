@@ -14,17 +14,16 @@ pub const RESULT_FILE: &str = "result.json";
 
 /// Builds the result. `status` is `Err` when the executor never started.
 pub fn build(
-    dir: Option<&Path>,
+    dir: &Path,
     status: &Result<ExitStatus, String>,
     stopped: Option<StopReason>,
     logs: String,
 ) -> ExecutionResult {
     let mut has_errored = false;
     let mut cancelled = false;
-    let state_read = match (status, dir) {
-        (Err(why), _) => Err(why.clone()),
-        (Ok(_), Some(dir)) => read_state(&dir.join(STATE_FILE)),
-        (Ok(_), None) => Err("no execution directory".to_string()),
+    let state_read = match status {
+        Err(why) => Err(why.clone()),
+        Ok(_) => read_state(&dir.join(STATE_FILE)),
     };
     let mut state = match state_read {
         Ok(state) => {
@@ -37,10 +36,7 @@ pub fn build(
         }
         Err(why) => {
             has_errored = true;
-            let mut m = Map::new();
-            m.insert("error".into(), json!(why));
-            m.insert("output".into(), json!(logs));
-            m
+            error_state(&why, &logs)
         }
     };
     if let Ok(status) = status {
@@ -82,15 +78,21 @@ pub fn build(
 /// (bad ids, workspace failure: `output` is empty) or cut short by the
 /// runner's own death (`output` is the tail of `output.log`).
 pub fn errored(why: &str, output: &str) -> ExecutionResult {
-    let mut state = Map::new();
-    state.insert("error".into(), json!(why));
-    state.insert("output".into(), json!(output));
+    let mut state = error_state(why, output);
     state.insert("logs".into(), json!(output));
     ExecutionResult {
         has_errored: true,
         cancelled: false,
         state,
     }
+}
+
+/// The `state` of a result with no usable `state.json` (PROTOCOL.md §8).
+fn error_state(why: &str, output: &str) -> Map<String, Value> {
+    let mut state = Map::new();
+    state.insert("error".into(), json!(why));
+    state.insert("output".into(), json!(output));
+    state
 }
 
 fn read_state(path: &Path) -> Result<Map<String, Value>, String> {
