@@ -283,3 +283,50 @@ fn wait_exited(pid: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    #[test]
+    fn a_bounded_run_returns_the_output_of_a_quick_command() {
+        let (status, out, err) =
+            run_bounded(sh("echo v1; echo oops >&2"), DISCOVERY_TIMEOUT).expect("runs");
+        assert!(status.success());
+        assert_eq!(out, b"v1\n");
+        assert_eq!(err, b"oops\n");
+    }
+
+    #[test]
+    fn a_hung_bounded_run_times_out_and_its_whole_group_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("echo $$ > {}; sleep 30 & sleep 30", pid_file.display());
+        let e = run_bounded(sh(&script), Duration::from_millis(500)).expect_err("hangs");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let group = cancel::pid_of(pid).unwrap();
+        // The leader is reaped; the backgrounded sleep was killed with it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while rustix::process::test_kill_process_group(group).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group {pid} still alive"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
