@@ -119,6 +119,34 @@ fn dropped_count(line: &str) -> Option<u64> {
         .ok()
 }
 
+/// What the server holds of numbered print lines: lines dropped (counted by
+/// the markers), lines received, the last line number.
+struct Tally {
+    dropped: u64,
+    received: u64,
+    last: u64,
+}
+
+/// Tallies numbered print lines and markers, asserting the lines are in order.
+fn tally(lines: &[String]) -> Tally {
+    let mut t = Tally {
+        dropped: 0,
+        received: 0,
+        last: 0,
+    };
+    for l in lines {
+        if let Some(n) = dropped_count(l) {
+            t.dropped += n;
+            continue;
+        }
+        let n = line_number(l).unwrap_or_else(|| panic!("unexpected line {l:?}"));
+        assert!(n > t.last, "line {n} after line {}", t.last);
+        t.last = n;
+        t.received += 1;
+    }
+    t
+}
+
 // ---------------------------------------------------------------- stopping an executor
 
 #[test]
@@ -553,19 +581,9 @@ fn huge_output_is_capped_in_the_result_and_in_output_log() {
     // The server: lines in order, the oldest dropped (with markers) when
     // the shipper fell behind, and every line accounted for.
     let lines = lines_received(&server, &id);
-    let mut previous = 0;
-    let mut dropped = 0;
-    let mut received = 0;
-    for l in &lines {
-        if let Some(n) = dropped_count(l) {
-            dropped += n;
-            continue;
-        }
-        let n = line_number(l).unwrap_or_else(|| panic!("unexpected line {l:?}"));
-        assert!(n > previous, "line {n} after line {previous}");
-        previous = n;
-        received += 1;
-    }
+    let Tally {
+        dropped, received, ..
+    } = tally(&lines);
     assert_eq!(lines.last(), Some(&last));
     assert_eq!(
         dropped + received,
@@ -777,19 +795,11 @@ fn while_logs_are_down_the_oldest_lines_are_dropped_with_a_marker() {
     assert_eq!(logs_of(&result).lines().count() as u64, LINES);
 
     let lines = lines_received(&server, &id);
-    let mut dropped = 0;
-    let mut received = 0;
-    let mut previous = 0;
-    for l in &lines {
-        if let Some(n) = dropped_count(l) {
-            dropped += n;
-            continue;
-        }
-        let n = line_number(l).unwrap_or_else(|| panic!("unexpected line {l:?}"));
-        assert!(n > previous, "line {n} after line {previous}");
-        previous = n;
-        received += 1;
-    }
+    let Tally {
+        dropped,
+        received,
+        last: previous,
+    } = tally(&lines);
     assert!(dropped > 0, "nothing was dropped");
     assert!(
         received <= 10_000,
