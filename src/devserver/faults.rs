@@ -1,8 +1,11 @@
 //! Fault injection on the runner routes, so the runner's retry and recovery
 //! paths can be tested against a real server. Off until an admin asks.
 //!
-//! A fault is decided before the handler runs, so a faulted request changes
-//! nothing on the server: the runner must be able to repeat it safely.
+//! A fault is decided before the handler runs. An error or a drop changes
+//! nothing on the server: the runner must be able to repeat it safely. A
+//! lost answer is the opposite case: the request takes effect and then the
+//! connection closes without an answer, as when a 2xx is lost on the way
+//! back: the runner cannot know, and must not make it take effect twice.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -25,6 +28,9 @@ pub struct FaultSpec {
     pub error_status: u16,
     #[serde(default)]
     pub drop_rate: f64,
+    /// Run the request, then close without answering.
+    #[serde(default)]
+    pub lose_answer_rate: f64,
     #[serde(default)]
     pub delay_ms: u64,
     #[serde(default)]
@@ -50,6 +56,8 @@ pub enum Action {
     Error(u16),
     /// Close without an HTTP answer.
     Drop,
+    /// Handle the request, then close without an HTTP answer.
+    LoseAnswer,
 }
 
 impl Action {
@@ -59,6 +67,7 @@ impl Action {
             Action::Proceed => None,
             Action::Error(_) => Some("error"),
             Action::Drop => Some("drop"),
+            Action::LoseAnswer => Some("lost_answer"),
         }
     }
 }
@@ -74,6 +83,7 @@ impl Fault {
         for (name, rate) in [
             ("error_rate", spec.error_rate),
             ("drop_rate", spec.drop_rate),
+            ("lose_answer_rate", spec.lose_answer_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} {rate} is outside 0..1"));
@@ -103,6 +113,9 @@ impl Fault {
         if self.spec.drop_rate > 0.0 && rng.gen_bool(self.spec.drop_rate) {
             return (delay, Action::Drop);
         }
+        if self.spec.lose_answer_rate > 0.0 && rng.gen_bool(self.spec.lose_answer_rate) {
+            return (delay, Action::LoseAnswer);
+        }
         (delay, Action::Proceed)
     }
 
@@ -116,6 +129,7 @@ impl Fault {
             "error_rate": self.spec.error_rate,
             "error_status": self.spec.error_status,
             "drop_rate": self.spec.drop_rate,
+            "lose_answer_rate": self.spec.lose_answer_rate,
             "delay_ms": self.spec.delay_ms,
             "down_for_ms": self.spec.down_for_ms,
             "down_remaining_ms": down_left,

@@ -163,11 +163,13 @@ fn handle_route(app: &App, inc: &Incoming, route: RunnerRoute, target: &str) -> 
             .for_route(route)
             .map(|f| f.decide(Instant::now(), &mut rand::thread_rng()))
     };
+    let mut lose_answer = false;
     if let Some((delay, action)) = decision {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        if action != Action::Proceed {
+        lose_answer = action == Action::LoseAnswer;
+        if action != Action::Proceed && !lose_answer {
             let signature_valid = signature_validity(&app.lock(), route, target, inc);
             let reply = match action {
                 Action::Error(status) => {
@@ -182,14 +184,22 @@ fn handle_route(app: &App, inc: &Incoming, route: RunnerRoute, target: &str) -> 
             };
         }
     }
-    match route {
+    let outcome = match route {
         RunnerRoute::Register => register(app, inc),
         RunnerRoute::Poll => poll(app, inc, target),
         RunnerRoute::State => claim(app, inc, target),
         RunnerRoute::Logs => logs(app, inc, target),
         RunnerRoute::Status => status(app, inc, target),
         RunnerRoute::Result => result(app, inc, target),
+    };
+    if lose_answer {
+        return Outcome {
+            reply: Reply::Drop,
+            fault: Action::LoseAnswer.label(),
+            ..outcome
+        };
     }
+    outcome
 }
 
 /// Whether the signature is the one the route wants, for the request log of
