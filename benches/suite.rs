@@ -1980,7 +1980,7 @@ fn main() {
         .ok()
         .filter(|v| !v.is_empty())
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
-    let wanted = |name: &str| only.as_ref().map_or(true, |o| o.contains(name));
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.contains(name));
     let plan = Plan::new(quick);
     now_ms();
     let started = Instant::now();

@@ -557,7 +557,7 @@ fn flush_all() {
 
 fn spawn_grandchild(node: &Value, id: &str) {
     let ms = u64_field(node, "ms", 60_000);
-    let seconds = if ms % 1000 == 0 {
+    let seconds = if ms.is_multiple_of(1000) {
         (ms / 1000).to_string()
     } else {
         format!("{}.{:03}", ms / 1000, ms % 1000)

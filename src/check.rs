@@ -37,6 +37,23 @@ pub fn run(config: &Config, out: &mut dyn std::io::Write) -> bool {
             Err(e) => line(false, what, format!("{}: {e}", dir.display())),
         }
     }
+    match crate::statedir::held_by(&config.execution.state_directory) {
+        // Not a failure: `check` is often run beside the runner it checks.
+        Ok(Some(pid)) => line(
+            true,
+            "state directory lock",
+            format!(
+                "in use by a running flo-runner (pid {pid}); a second runner on {} would exit",
+                config.execution.state_directory.display()
+            ),
+        ),
+        Ok(None) => line(true, "state directory lock", "free".to_string()),
+        Err(e) => line(
+            false,
+            "state directory lock",
+            format!("{}: {e}", config.execution.state_directory.display()),
+        ),
+    }
     match identity::inspect(
         &config.execution.state_directory,
         &config.runner.certificate,

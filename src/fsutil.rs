@@ -29,6 +29,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Like [`write_atomic`] but leaves the directory sync to the caller, who
+/// syncs once for several files with [`sync_dir`]: the file's bytes are
+/// durable when this returns, its name only after that sync.
+pub fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let file = write_temp(path, bytes, mode, true)?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Makes the names created in `dir` (renames, removals) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
 /// Like [`write_atomic`] but fails with `AlreadyExists` rather than replace
 /// an existing file (used for the private key, which must never be clobbered).
 pub fn write_new_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {

@@ -1,7 +1,6 @@
 //! One execution, start to finish: claim (§6), journal, workspace (§5),
 //! executor (§7), result into the outbox (§8). Runs on a pool worker thread.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,20 +9,21 @@ use crate::backoff::Backoff;
 use crate::cancel::Watcher;
 use crate::config::Config;
 use crate::executor;
-use crate::fsutil;
 use crate::identity::Identity;
 use crate::ids::ExecutionId;
-use crate::journal::{self, Journal, Record};
-use crate::logship::{self, LogShipper};
-use crate::outbox::{Kind, Outbox};
+use crate::journal::{self, Record};
+use crate::ledger::{Ledger, Open};
+use crate::logship::LogShipper;
 use crate::output::{LogTail, Output, OutputFile};
-use crate::protocol::ExecutionResult;
-use crate::report::{self, RESULT_FILE};
+use crate::report;
 use crate::shutdown::Shutdown;
 use crate::workspace::{self, Job};
 
 /// How long a claim is retried on transport errors and 5xx.
 pub const CLAIM_LIMIT: Duration = Duration::from_secs(60);
+/// How often a worker tries again to begin an execution while the state
+/// directory cannot be written.
+const BEGIN_RETRY: Duration = Duration::from_secs(2);
 /// How long to wait for a log batch in flight before taking the rest.
 const LOG_FINISH_LIMIT: Duration = Duration::from_secs(20);
 pub const OUTPUT_FILE: &str = "output.log";
@@ -35,8 +35,7 @@ pub struct Context {
     pub api: Arc<Api>,
     pub shipper: LogShipper,
     pub watcher: Watcher,
-    pub outbox: Outbox,
-    pub journal: Journal,
+    pub ledger: Ledger,
     pub health: Arc<crate::health::Health>,
     pub shutdown: Shutdown,
 }
@@ -58,13 +57,8 @@ pub fn handle(ctx: &Context, work: Work) {
         Work::Reject { execution_id, why } => {
             log::error!("execution {execution_id}: not run: {why}");
             crate::metrics::global().execution_finished("rejected");
-            report(
-                ctx,
-                &execution_id,
-                Vec::new(),
-                &report::errored(&why, ""),
-                None,
-            );
+            ctx.ledger
+                .report_unjournaled(&ctx.api, &execution_id, &report::errored(&why, ""));
         }
     }
 }
@@ -72,7 +66,7 @@ pub fn handle(ctx: &Context, work: Work) {
 fn run(ctx: &Context, job: &Job) {
     let id = &job.execution_id;
     let dir = workspace::execution_dir(&ctx.config.execution.execution_directory, &job.flo_id, id);
-    let mut record = Record {
+    let record = Record {
         execution_id: id.to_string(),
         flo_id: job.flo_id.to_string(),
         dir: dir.clone(),
@@ -81,26 +75,18 @@ fn run(ctx: &Context, job: &Job) {
         pid_start: None,
         boot_id: journal::boot_id(),
     };
-    // Journal first: if the runner dies from here on (even before the claim
-    // is answered), the next start finds this entry and reports it. Its
-    // write and fsync run beside the claim, and are done before anything runs.
-    let claimed = std::thread::scope(|s| {
-        let journal = s.spawn(|| ctx.journal.record(&record));
-        let claimed = claim(&ctx.api, id, &ctx.shutdown);
-        match journal.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::warn!("execution {id}: cannot write its journal entry: {e}"),
-            Err(_) => log::warn!("execution {id}: writing its journal entry panicked"),
-        }
-        claimed
-    });
-    match claimed {
+    // The journal entry is durable before the claim goes out: if the runner
+    // dies from here on, the next start knows this execution.
+    let Some(mut open) = begin(ctx, record) else {
+        return;
+    };
+    match claim(&ctx.api, id, &ctx.shutdown) {
         Claim::Confirmed => {}
         Claim::Refused(code) => {
             log::warn!(
                 "execution {id}: claim refused (HTTP {code}); it is no longer ours, not running it"
             );
-            ctx.journal.remove(id);
+            open.abandon();
             return;
         }
         Claim::GaveUp(e) => {
@@ -111,7 +97,7 @@ fn run(ctx: &Context, job: &Job) {
                 CLAIM_LIMIT.as_secs()
             );
             log::error!("execution {id}: {why}");
-            report(ctx, id, Vec::new(), &report::errored(&why, ""), None);
+            open.settle(&ctx.api, &[], &report::errored(&why, ""), None);
             return;
         }
     }
@@ -120,7 +106,7 @@ fn run(ctx: &Context, job: &Job) {
         Err(e) => {
             let why = format!("cannot prepare the execution directory: {e}");
             log::error!("execution {id}: {why}");
-            report(ctx, id, Vec::new(), &report::errored(&why, ""), None);
+            open.settle(&ctx.api, &[], &report::errored(&why, ""), None);
             return;
         }
     };
@@ -143,13 +129,7 @@ fn run(ctx: &Context, job: &Job) {
         let sink = sink.clone();
         let shipper = ctx.shipper.clone();
         let line_id = id.clone();
-        let on_spawn = |pid: u32| {
-            record.pid = Some(pid);
-            record.pid_start = journal::process_start(pid);
-            if let Err(e) = ctx.journal.update(&record) {
-                log::warn!("execution {id}: cannot update its journal entry: {e}");
-            }
-        };
+        let on_spawn = |pid: u32| open.spawned(pid);
         executor::run(
             &ctx.config,
             &ws.dir,
@@ -190,86 +170,34 @@ fn run(ctx: &Context, job: &Job) {
         None if result.has_errored => "errored",
         None => "success",
     });
-    report(ctx, id, unsent, &result, Some(&ws.dir));
+    open.settle(&ctx.api, &unsent, &result, Some(&ws.dir));
 }
 
-/// Puts the last log lines and the result in the outbox (atomically, before
-/// any attempt), keeps a `result.json` copy, then makes the first delivery
-/// attempt on this thread while another makes the files durable and closes
-/// the journal entry; the outbox sender retries whatever does not go through.
-/// Should the runner die in between, recovery finds the journal entry and
-/// re-sends this same result (from the outbox or `result.json`).
-pub fn report(
-    ctx: &Context,
-    id: &ExecutionId,
-    unsent_lines: Vec<String>,
-    result: &ExecutionResult,
-    dir: Option<&Path>,
-) {
-    let body = match serde_json::to_vec(result) {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!("execution {id}: cannot serialise the result: {e}");
-            return;
-        }
-    };
-    // Atomic writes now; their fsyncs run beside the first delivery attempt
-    // (a crash of the runner loses nothing either way; only a host crash in
-    // that millisecond could, and then the journal reports the execution).
-    let mut written = Vec::new();
-    for logs in logship::batch_bodies(&unsent_lines, ctx.config.execution.log_batch_lines) {
-        match ctx.outbox.put_unsynced(Kind::Logs, id, &logs) {
-            Ok((_, path)) => written.push(path),
+/// Step 1 of the ledger. While the state directory cannot be written the
+/// execution waits here, unclaimed (the poller takes no more work meanwhile),
+/// and goes ahead once it can; at shutdown it is left to the API unclaimed.
+fn begin<'a>(ctx: &'a Context, record: Record) -> Option<Open<'a>> {
+    loop {
+        match ctx.ledger.begin(record.clone()) {
+            Ok(open) => return Some(open),
             Err(e) => {
-                log::warn!("execution {id}: cannot keep the last log lines in the outbox: {e}")
-            }
-        }
-    }
-    let result_path = match ctx.outbox.put_unsynced(Kind::Result, id, &body) {
-        Ok((_, path)) => path,
-        Err(e) => {
-            // Not durable, but not lost yet: send it now, as the Go runner would.
-            log::error!(
-                "execution {id}: cannot write the result to the outbox ({e}); sending it directly"
-            );
-            if let Some(dir) = dir {
-                if let Err(e) = fsutil::replace(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
-                    log::warn!("execution {id}: cannot keep a copy of the result: {e}");
-                }
-            }
-            if let Err(e) = ctx.api.send_result(id, &body) {
-                log::error!("execution {id}: result lost: {e}");
-            }
-            ctx.journal.remove(id);
-            return;
-        }
-    };
-    written.push(result_path.clone());
-    // The copy for operators comes after the outbox entry: a crash in between
-    // leaves the outbox entry, which recovery sees, never a result.json that
-    // recovery would contradict. It is a second name for the outbox file
-    // (no new inode) where the filesystem allows.
-    if let Some(dir) = dir {
-        let copy = dir.join(RESULT_FILE);
-        if let Err(e) = fsutil::link_or_copy(&result_path, &copy, &body, fsutil::FILE_MODE) {
-            log::warn!("execution {id}: cannot keep a copy of the result: {e}");
-        }
-    }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for path in &written {
-                if let Err(e) = fsutil::sync(path) {
-                    log::warn!(
-                        "execution {id}: cannot make {} durable: {e}",
-                        path.display()
+                let id = &record.execution_id;
+                if ctx.shutdown.is_requested() {
+                    log::error!(
+                        "execution {id}: not claimed and not run: its journal entry cannot be written ({e}); the API still has it allocated to this runner"
                     );
+                    return None;
                 }
+                log::warn!(
+                    "execution {id}: waiting to claim it until its journal entry can be written ({e})"
+                );
+                if ctx.shutdown.sleep(BEGIN_RETRY) {
+                    continue;
+                }
+                ctx.ledger.state().probe();
             }
-            // The journal entry goes only once the result is durable.
-            ctx.journal.remove(id);
-        });
-        ctx.outbox.flush(&ctx.api, id);
-    });
+        }
+    }
 }
 
 struct Sink {

@@ -2,11 +2,18 @@
 //! dies mid-execution can report them at its next start. It is one
 //! append-only file, `{state_directory}/journal/journal.log`, of JSON lines:
 //!
-//! - `{"start": {record}}` when work arrives, made durable (fdatasync) before
-//!   the executor starts;
+//! - `{"start": {record}}` when work arrives, durable (fdatasync) before the
+//!   claim is sent;
 //! - `{"pid": {...}}` once the executor is spawned (no fsync: a pid means
 //!   nothing after a reboot, and a runner crash keeps the page cache);
-//! - `{"done": "id"}` once the result is durable in the outbox.
+//! - `{"done": "id"}` once the API has acknowledged the result, durable
+//!   before the outbox entry is removed.
+//!
+//! The order of these writes against the claim and the result is the
+//! ledger's (`ledger.rs`); this module makes each line durable when asked.
+//! Syncs are group commits: a worker whose line was written while another
+//! worker's fdatasync was in flight waits for the next one, and one
+//! fdatasync covers every line written before it started.
 //!
 //! One file rather than one per execution: creating and removing two inodes
 //! per execution cost more than everything else the runner does on a busy
@@ -24,7 +31,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,12 +84,19 @@ struct Inner {
     /// Bytes in the file, to know when to compact.
     len: u64,
     live: HashMap<String, Record>,
+    /// Lines written so far, and how many of them are known durable.
+    written: u64,
+    synced: u64,
+    /// A group commit's fdatasync is in flight.
+    syncing: bool,
 }
 
 #[derive(Clone)]
 pub struct Journal {
     dir: PathBuf,
     inner: Arc<Mutex<Inner>>,
+    /// Signalled when a group commit ends.
+    synced: Arc<Condvar>,
     /// What the previous run left, found at open.
     leftovers: Arc<Vec<Record>>,
 }
@@ -115,16 +129,29 @@ impl Journal {
         }
         Ok(Self {
             dir,
-            inner: Arc::new(Mutex::new(Inner { file, len, live })),
+            inner: Arc::new(Mutex::new(Inner {
+                file,
+                len,
+                live,
+                written: 0,
+                synced: 0,
+                syncing: false,
+            })),
+            synced: Arc::new(Condvar::new()),
             leftovers: Arc::new(leftovers),
         })
     }
 
-    /// Records that `record`'s execution is running, durably.
+    /// Records that `record`'s execution is running, durably: when this
+    /// returns `Ok`, a crash of the host cannot lose the entry.
     pub fn record(&self, record: &Record) -> io::Result<()> {
-        let file = self.append(&Line::Start(record.clone()), Some(record))?;
-        // Outside the lock, so concurrent executions' syncs overlap.
-        file.sync_data()
+        let mut inner = self.lock();
+        inner
+            .live
+            .insert(record.execution_id.clone(), record.clone());
+        write_line(&mut inner, &Line::Start(record.clone()))?;
+        let line = inner.written;
+        self.sync_through(inner, line)
     }
 
     /// Records the executor's pid (and start time) after spawn, without
@@ -138,39 +165,64 @@ impl Journal {
             pid,
             pid_start: record.pid_start,
         });
-        self.append(&line, Some(record)).map(drop)
+        let mut inner = self.lock();
+        inner
+            .live
+            .insert(record.execution_id.clone(), record.clone());
+        write_line(&mut inner, &line)
     }
 
-    /// Records that `id` is finished (its result is durable in the outbox).
-    pub fn remove(&self, id: &ExecutionId) {
-        if let Err(e) = self.finish(id.as_str()) {
-            log::warn!("journal: cannot record the end of {id}: {e}");
-        }
-    }
-
-    fn finish(&self, id: &str) -> io::Result<()> {
-        let mut inner = crate::sync::lock(&self.inner);
-        if inner.live.remove(id).is_none() {
+    /// Records, durably, that `id` is finished: its result was acknowledged
+    /// (or it was never ours). Nothing to do if it is not live.
+    pub fn done(&self, id: &ExecutionId) -> io::Result<()> {
+        let mut inner = self.lock();
+        if inner.live.remove(id.as_str()).is_none() {
             return Ok(());
         }
         if inner.len >= COMPACT_AT {
+            // The rewrite is durable (write, fsync, rename, directory fsync)
+            // and holds every live entry: all lines so far are covered.
             let (file, len) = rewrite(&self.dir, &inner.live)?;
             inner.file = file;
             inner.len = len;
+            inner.synced = inner.written;
             return Ok(());
         }
-        write_line(&mut inner, &Line::Done(id.to_string()))
+        write_line(&mut inner, &Line::Done(id.to_string()))?;
+        let line = inner.written;
+        self.sync_through(inner, line)
     }
 
-    /// Appends `line` (and keeps `record` as the live entry); returns the
-    /// file for a sync outside the lock.
-    fn append(&self, line: &Line, record: Option<&Record>) -> io::Result<Arc<File>> {
-        let mut inner = crate::sync::lock(&self.inner);
-        if let Some(r) = record {
-            inner.live.insert(r.execution_id.clone(), r.clone());
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        crate::sync::lock(&self.inner)
+    }
+
+    /// Returns once line number `line` is durable. Group commit: if another
+    /// sync is in flight, wait for it (it may cover this line); otherwise
+    /// sync everything written so far, outside the lock.
+    fn sync_through(&self, mut inner: MutexGuard<'_, Inner>, line: u64) -> io::Result<()> {
+        loop {
+            if inner.synced >= line {
+                return Ok(());
+            }
+            if !inner.syncing {
+                break;
+            }
+            inner = crate::sync::wait(&self.synced, inner);
         }
-        write_line(&mut inner, line)?;
-        Ok(inner.file.clone())
+        inner.syncing = true;
+        let target = inner.written;
+        let file = inner.file.clone();
+        drop(inner);
+        let result = file.sync_data();
+        let mut inner = self.lock();
+        inner.syncing = false;
+        if result.is_ok() && Arc::ptr_eq(&file, &inner.file) {
+            inner.synced = inner.synced.max(target);
+        }
+        self.synced.notify_all();
+        drop(inner);
+        result
     }
 
     /// Entries the previous run left (read at open) and not yet finished.
@@ -196,6 +248,7 @@ fn write_line(inner: &mut Inner, line: &Line) -> io::Result<()> {
     // One write per line on an O_APPEND file: lines never interleave.
     (&*inner.file).write_all(&bytes)?;
     inner.len += bytes.len() as u64;
+    inner.written += 1;
     Ok(())
 }
 
@@ -351,7 +404,7 @@ mod tests {
         a.pid = Some(42);
         a.pid_start = Some(7);
         j.update(&a).unwrap();
-        j.remove(&ExecutionId::parse("b").unwrap());
+        j.done(&ExecutionId::parse("b").unwrap()).unwrap();
         assert!(j.is_live("a") && !j.is_live("b"));
         drop(j);
         let again = Journal::open(dir.path()).unwrap();
@@ -359,8 +412,31 @@ mod tests {
         // The reopened log holds only the live entry.
         let text = fs::read_to_string(dir.path().join(JOURNAL_DIR).join(JOURNAL_FILE)).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
-        again.remove(&ExecutionId::parse("a").unwrap());
+        again.done(&ExecutionId::parse("a").unwrap()).unwrap();
         assert!(Journal::open(dir.path()).unwrap().leftovers().is_empty());
+    }
+
+    #[test]
+    fn concurrent_records_are_all_durable_and_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let j = j.clone();
+                let dir = dir.path();
+                s.spawn(move || {
+                    for i in 0..20 {
+                        j.record(&test_record(&format!("t{t}-{i}"), dir)).unwrap();
+                    }
+                });
+            }
+        });
+        let inner = j.lock();
+        assert_eq!(inner.written, 160);
+        assert_eq!(inner.synced, 160);
+        drop(inner);
+        drop(j);
+        assert_eq!(Journal::open(dir.path()).unwrap().leftovers().len(), 160);
     }
 
     #[test]
@@ -392,7 +468,8 @@ mod tests {
         for i in 0..2000 {
             let r = test_record(&format!("e{i}"), dir.path());
             j.record(&r).unwrap();
-            j.remove(&ExecutionId::parse(&r.execution_id).unwrap());
+            j.done(&ExecutionId::parse(&r.execution_id).unwrap())
+                .unwrap();
         }
         let log = dir.path().join(JOURNAL_DIR).join(JOURNAL_FILE);
         let len = fs::metadata(&log).unwrap().len();
@@ -415,7 +492,7 @@ mod tests {
         assert!(j.is_live("e1"));
         assert!(!jdir.join("e1.json").exists(), "migrated into the log");
         assert!(jdir.join(CORRUPT_DIR).join("e2.json").exists());
-        j.remove(&ExecutionId::parse("e1").unwrap());
+        j.done(&ExecutionId::parse("e1").unwrap()).unwrap();
         assert!(Journal::open(dir.path()).unwrap().leftovers().is_empty());
     }
 }

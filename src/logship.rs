@@ -217,7 +217,7 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
         let mut next: Option<(Instant, ExecutionId)> = None;
         for (id, q) in queues.iter() {
             if let Some(at) = q.due(now, shared.batch_lines, shared.flush) {
-                if next.as_ref().map_or(true, |(t, _)| at < *t) {
+                if next.as_ref().is_none_or(|(t, _)| at < *t) {
                     next = Some((at, id.clone()));
                 }
             }

@@ -17,6 +17,7 @@ use flo_runner::health::{self, Health};
 use flo_runner::identity::Identity;
 use flo_runner::job::Context;
 use flo_runner::journal::Journal;
+use flo_runner::ledger::Ledger;
 use flo_runner::logship::LogShipper;
 use flo_runner::net::Net;
 use flo_runner::outbox::Outbox;
@@ -24,6 +25,7 @@ use flo_runner::pool::Pool;
 use flo_runner::protocol::{zero_time, RegistrationRequest};
 use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
+use flo_runner::statedir::StateDir;
 use flo_runner::{check, executor, fsutil, metrics, poller, recovery, retention};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -215,6 +217,13 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     let shutdown = Shutdown::new();
     install_signal_handler(&shutdown)?;
 
+    // Before anything else touches the state directory: it must be ours alone.
+    let state = StateDir::lock(&config.execution.state_directory).map_err(|e| e.to_string())?;
+    if !wait_writable(&state, &shutdown) {
+        log::info!("stopped before the state directory could be written");
+        return Ok(());
+    }
+
     let exec_dir = &config.execution.execution_directory;
     fsutil::create_dir_all(exec_dir).map_err(|e| {
         format!(
@@ -254,19 +263,24 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     // Executions a crashed previous run left: stop their executors now and
     // queue their results; the outbox goes out once registered, beside polling.
     let state_dir = &config.execution.state_directory;
-    let outbox = Outbox::open(state_dir)
-        .map_err(|e| format!("cannot open the outbox in {}: {e}", state_dir.display()))?;
     let journal = Journal::open(state_dir)
         .map_err(|e| format!("cannot open the journal in {}: {e}", state_dir.display()))?;
+    let outbox = Outbox::open(&state, journal.clone())
+        .map_err(|e| format!("cannot open the outbox in {}: {e}", state_dir.display()))?;
+    let ledger = Ledger::new(
+        journal,
+        outbox.clone(),
+        state.clone(),
+        config.execution.log_batch_lines,
+    );
     recovery::recover(
-        &journal,
-        &outbox,
+        &ledger,
         config.execution.kill_grace,
         config.execution.max_log_bytes,
     );
 
     let health = Arc::new(Health::default());
-    health.start_writer(&config.execution.state_directory, shutdown.clone());
+    health.start_writer(state.clone(), shutdown.clone());
     let shipper = LogShipper::start(
         api.clone(),
         config.execution.log_batch_lines,
@@ -281,8 +295,7 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         api: api.clone(),
         shipper,
         watcher: watcher.clone(),
-        outbox: outbox.clone(),
-        journal,
+        ledger,
         health: health.clone(),
         shutdown: shutdown.clone(),
     });
@@ -317,7 +330,7 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     outbox.start_sender(api.clone(), shutdown.clone());
     retention::Retention::new(
         &config.execution.execution_directory,
-        ctx.journal.clone(),
+        ctx.ledger.journal().clone(),
         config.execution.retention,
         config.execution.retention_max_bytes,
     )
@@ -349,6 +362,19 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         log::info!("stopped");
     }
     Ok(())
+}
+
+/// At start-up, a state directory that cannot be written is waited for
+/// (one line saying why), not fatal: a disk that fills up or a volume
+/// mounted read-only for a while is fixed outside the runner. Returns
+/// `false` if shutdown came first.
+fn wait_writable(state: &StateDir, shutdown: &Shutdown) -> bool {
+    while !state.probe() {
+        if shutdown.sleep(Duration::from_secs(2)) {
+            return false;
+        }
+    }
+    true
 }
 
 fn install_signal_handler(shutdown: &Shutdown) -> Result<(), String> {

@@ -32,6 +32,12 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     pub log_lines_shipped: AtomicU64,
     pub log_lines_dropped: AtomicU64,
+    /// 1 while the state directory cannot be written (no work is taken).
+    pub state_dir_unwritable: AtomicU64,
+    /// Results not re-sent because the API already had them (a lost answer).
+    pub results_already_delivered: AtomicU64,
+    /// Results kept in memory because the outbox could not be written.
+    pub results_in_memory: AtomicU64,
 }
 
 /// The process-wide metrics.
@@ -190,6 +196,27 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "counter",
         "Log lines dropped while the API was slow or down.",
         m.log_lines_dropped.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "flo_runner_state_dir_unwritable",
+        "gauge",
+        "1 while the state directory cannot be written and no work is taken.",
+        m.state_dir_unwritable.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "flo_runner_results_already_delivered_total",
+        "counter",
+        "Results not sent again because the status route showed the API already had them.",
+        m.results_already_delivered.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "flo_runner_results_in_memory",
+        "gauge",
+        "Results held in memory because the outbox could not be written.",
+        m.results_in_memory.load(Ordering::Relaxed),
     );
     single(
         out,

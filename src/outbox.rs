@@ -1,19 +1,26 @@
 //! The durable outbox (PROTOCOL.md §8, flo-runner goes further): every result,
 //! and the last log lines of an execution, is written to
-//! `{state_directory}/outbox/` before the first attempt to send it, and removed
-//! only after a 2xx. A sender thread delivers what the first attempt could not,
-//! per execution in order, with full-jitter backoff, across restarts.
+//! `{state_directory}/outbox/` and made durable (file fsync before the
+//! rename, directory fsync after) before the first attempt to send it, and
+//! removed only after a 2xx, once the journal's `done` line is durable. A
+//! sender thread delivers what the first attempt could not, per execution in
+//! order, with full-jitter backoff, across restarts.
 //!
-//! Why a resend is harmless: a report is re-sent only when the previous
-//! attempt's outcome is unknown, always with the same bytes (the file), and the
-//! API stores a result by overwriting the execution's record, so a duplicate
-//! delivery writes the same result again. The runner builds one result per
-//! execution, once, so it never sends two different ones.
+//! A result that cannot be written (a full or read-only disk) is kept in
+//! memory instead and retried the same way (and written to disk as soon as
+//! it can be); it is never dropped.
+//!
+//! Sending a result again: only when the previous attempt's outcome is
+//! unknown, and always with the same bytes. Because the API notifies and
+//! bills on every accepted result, a result whose earlier attempt may have
+//! landed (a lost answer, a 5xx, or an entry left by an earlier run) is
+//! re-sent only after the status route says the execution is not complete.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,12 +29,17 @@ use crate::api::{Api, ApiError};
 use crate::backoff::Backoff;
 use crate::fsutil::{self, move_aside, CORRUPT_DIR};
 use crate::ids::ExecutionId;
+use crate::journal::Journal;
 use crate::shutdown::Shutdown;
+use crate::statedir::StateDir;
 
 pub const OUTBOX_DIR: &str = "outbox";
 pub const DEAD_DIR: &str = "dead";
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Status checks that fail with an unknown outcome before a result whose
+/// delivery is in doubt is sent anyway: a duplicate beats a result never sent.
+const STATUS_TRIES: u32 = 5;
 
 /// What a report is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +67,25 @@ impl Kind {
     }
 }
 
+/// Where a report's bytes are.
+#[derive(Clone)]
+enum Stored {
+    File(PathBuf),
+    /// The outbox could not be written: held here until it can, or until
+    /// the API acknowledges it.
+    Memory(Arc<Vec<u8>>),
+}
+
 struct Entry {
     kind: Kind,
     execution_id: ExecutionId,
-    path: PathBuf,
+    stored: Stored,
     retry_at: Instant,
     backoff: Backoff,
     sending: bool,
+    /// An earlier attempt may have reached the API.
+    uncertain: bool,
+    status_misses: u32,
 }
 
 struct Shared {
@@ -69,6 +93,8 @@ struct Shared {
     entries: Mutex<BTreeMap<u64, Entry>>,
     wake: Condvar,
     next_seq: Mutex<u64>,
+    journal: Journal,
+    state: StateDir,
 }
 
 /// Outcome of one delivery attempt.
@@ -82,6 +108,14 @@ pub enum Attempt {
     Dead,
 }
 
+/// Whether the result just put is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Durable,
+    /// Kept in memory only (the outbox could not be written).
+    InMemory,
+}
+
 #[derive(Clone)]
 pub struct Outbox {
     shared: Arc<Shared>,
@@ -89,9 +123,10 @@ pub struct Outbox {
 
 impl Outbox {
     /// Opens (creating) `{state_dir}/outbox`, loading what a previous run left.
-    /// Files that cannot be reports are moved to `outbox/corrupt/`.
-    pub fn open(state_dir: &Path) -> io::Result<Self> {
-        let dir = state_dir.join(OUTBOX_DIR);
+    /// Files that cannot be reports are moved to `outbox/corrupt/`. Results
+    /// acknowledged by the API are finished in `journal`.
+    pub fn open(state: &StateDir, journal: Journal) -> io::Result<Self> {
+        let dir = state.path().join(OUTBOX_DIR);
         fsutil::create_dir_all(&dir)?;
         let mut entries = BTreeMap::new();
         let mut max_seq = 0;
@@ -114,16 +149,10 @@ impl Outbox {
             }
             match parsed.filter(|_| looks_like_json(&path)) {
                 Some((seq, kind, execution_id)) => {
+                    // The previous run may have sent it: ask before resending.
                     entries.insert(
                         seq,
-                        Entry {
-                            kind,
-                            execution_id,
-                            path,
-                            retry_at: Instant::now(),
-                            backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
-                            sending: false,
-                        },
+                        Entry::new(kind, execution_id, Stored::File(path), true),
                     );
                 }
                 None => move_aside(&dir.join(CORRUPT_DIR), &path, "not a readable report"),
@@ -141,6 +170,8 @@ impl Outbox {
                 entries: Mutex::new(entries),
                 wake: Condvar::new(),
                 next_seq: Mutex::new(max_seq + 1),
+                journal,
+                state: state.clone(),
             }),
         })
     }
@@ -154,52 +185,105 @@ impl Outbox {
         self.lock().len()
     }
 
-    /// Whether `id` has reports waiting.
-    pub fn has_pending(&self, id: &ExecutionId) -> bool {
-        self.lock().values().any(|e| &e.execution_id == id)
+    /// Whether `id` has a result waiting (log batches do not count: they
+    /// are not a result).
+    pub fn has_pending_result(&self, id: &ExecutionId) -> bool {
+        self.lock()
+            .values()
+            .any(|e| &e.execution_id == id && e.kind == Kind::Result)
     }
 
-    /// Writes a report atomically and durably. Nothing is sent yet: call
-    /// [`Outbox::flush`].
-    pub fn put(&self, kind: Kind, id: &ExecutionId, body: &[u8]) -> io::Result<u64> {
-        let (seq, path) = self.put_unsynced(kind, id, body)?;
-        fsutil::sync(&path)?;
-        Ok(seq)
+    fn next_seq(&self) -> u64 {
+        let mut next = crate::sync::lock(&self.shared.next_seq);
+        let seq = *next;
+        *next += 1;
+        seq
     }
 
-    /// Writes a report atomically (complete or absent, never torn) but leaves
-    /// the fsync to the caller, who runs it beside the first delivery attempt
-    /// (see `job::report`) instead of before it. Returns the file.
-    pub fn put_unsynced(
-        &self,
-        kind: Kind,
-        id: &ExecutionId,
-        body: &[u8],
-    ) -> io::Result<(u64, PathBuf)> {
-        let seq = {
-            let mut next = crate::sync::lock(&self.shared.next_seq);
-            let seq = *next;
-            *next += 1;
-            seq
-        };
-        let path = self
-            .shared
+    fn path_for(&self, seq: u64, kind: Kind, id: &ExecutionId) -> PathBuf {
+        self.shared
             .dir
-            .join(format!("{seq:016}.{}.{id}.json", kind.as_str()));
-        fsutil::replace(&path, body, fsutil::FILE_MODE)?;
-        self.lock().insert(
-            seq,
-            Entry {
-                kind,
-                execution_id: id.clone(),
-                path: path.clone(),
-                // The caller makes the first attempt; the sender waits a beat.
-                retry_at: Instant::now() + RETRY_BASE,
-                backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
-                sending: false,
-            },
-        );
-        Ok((seq, path))
+            .join(format!("{seq:016}.{}.{id}.json", kind.as_str()))
+    }
+
+    /// Puts an execution's last log batches and its result in the outbox,
+    /// durably (each file synced before its rename, one directory sync for
+    /// all), before anything is sent: call [`Outbox::flush`] next. A log
+    /// batch that cannot be written is dropped (the result carries the log
+    /// tail); a result that cannot be written is kept in memory. `uncertain`:
+    /// the result may already have reached the API (recovery).
+    pub fn put(
+        &self,
+        id: &ExecutionId,
+        log_batches: &[Vec<u8>],
+        result: &[u8],
+        uncertain: bool,
+    ) -> Durability {
+        let mut added = Vec::new();
+        for body in log_batches {
+            let seq = self.next_seq();
+            let path = self.path_for(seq, Kind::Logs, id);
+            match fsutil::write_synced(&path, body, fsutil::FILE_MODE) {
+                Ok(()) => added.push((
+                    seq,
+                    Entry::new(Kind::Logs, id.clone(), Stored::File(path), false),
+                )),
+                Err(e) => {
+                    self.shared.state.write_failed("outbox", &e);
+                    log::warn!("execution {id}: cannot keep its last log lines in the outbox ({e}); the result carries the log tail");
+                }
+            }
+        }
+        crate::failpoint::hit("outbox.logs-written");
+        let seq = self.next_seq();
+        let path = self.path_for(seq, Kind::Result, id);
+        let durability = match fsutil::write_synced(&path, result, fsutil::FILE_MODE) {
+            Ok(()) => {
+                added.push((
+                    seq,
+                    Entry::new(Kind::Result, id.clone(), Stored::File(path), uncertain),
+                ));
+                Durability::Durable
+            }
+            Err(e) => {
+                self.shared.state.write_failed("outbox", &e);
+                log::error!(
+                    "execution {id}: cannot write its result to the outbox ({e}); keeping it in memory and sending it until the API acknowledges it"
+                );
+                crate::metrics::global()
+                    .results_in_memory
+                    .fetch_add(1, Ordering::Relaxed);
+                let body = Stored::Memory(Arc::new(result.to_vec()));
+                added.push((seq, Entry::new(Kind::Result, id.clone(), body, uncertain)));
+                Durability::InMemory
+            }
+        };
+        if added
+            .iter()
+            .any(|(_, e)| matches!(e.stored, Stored::File(_)))
+        {
+            // One directory sync makes every rename above durable.
+            if let Err(e) = fsutil::sync_dir(&self.shared.dir) {
+                self.shared.state.write_failed("outbox directory sync", &e);
+            }
+        }
+        let mut entries = self.lock();
+        for (seq, mut entry) in added {
+            // The caller makes the first attempt; the sender waits a beat.
+            entry.retry_at = Instant::now() + RETRY_BASE;
+            entries.insert(seq, entry);
+        }
+        drop(entries);
+        self.shared.wake.notify_all();
+        durability
+    }
+
+    /// The path of `id`'s result entry, while it is on disk.
+    pub fn result_file(&self, id: &ExecutionId) -> Option<PathBuf> {
+        self.lock().values().find_map(|e| match &e.stored {
+            Stored::File(p) if &e.execution_id == id && e.kind == Kind::Result => Some(p.clone()),
+            _ => None,
+        })
     }
 
     /// Sends `id`'s reports in order now, on the caller's thread, stopping at
@@ -216,7 +300,7 @@ impl Outbox {
                     return Attempt::Pending;
                 }
                 e.sending = true;
-                (*seq, e.kind, e.path.clone())
+                *seq
             };
             match self.attempt(api, next) {
                 Attempt::Delivered | Attempt::Dead => continue,
@@ -226,67 +310,213 @@ impl Outbox {
     }
 
     /// One send of entry `seq` (already marked `sending`).
-    fn attempt(&self, api: &Api, (seq, kind, path): (u64, Kind, PathBuf)) -> Attempt {
-        let id = match self.lock().get(&seq) {
-            Some(e) => e.execution_id.clone(),
-            None => return Attempt::Delivered,
+    fn attempt(&self, api: &Api, seq: u64) -> Attempt {
+        let Some((id, kind, stored, uncertain)) = self.lock().get(&seq).map(|e| {
+            (
+                e.execution_id.clone(),
+                e.kind,
+                e.stored.clone(),
+                e.uncertain,
+            )
+        }) else {
+            return Attempt::Delivered;
         };
-        let result = match fs::read(&path) {
-            Ok(body) => match kind {
-                Kind::Logs => api.send_logs_body(&id, &body).map(|_| {
-                    let lines = serde_json::from_slice::<crate::protocol::LogBatch>(&body)
-                        .map_or(0, |b| b.lines.len() as u64);
-                    crate::metrics::global()
-                        .log_lines_shipped
-                        .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
-                }),
-                Kind::Result => api.send_result(&id, &body).map(|_| ()),
+        let stored = self.try_persist(seq, &id, kind, stored);
+        let body = match &stored {
+            Stored::Memory(body) => body.clone(),
+            Stored::File(path) => match fs::read(path) {
+                Ok(body) => Arc::new(body),
+                Err(e) => {
+                    // Someone removed it (an operator clearing the outbox): drop it.
+                    log::warn!("outbox: {} vanished ({e}); forgetting it", path.display());
+                    self.lock().remove(&seq);
+                    return Attempt::Delivered;
+                }
             },
-            Err(e) => {
-                // Someone removed it (an operator clearing the outbox): drop it.
-                log::warn!("outbox: {} vanished ({e}); forgetting it", path.display());
-                self.lock().remove(&seq);
-                return Attempt::Delivered;
+        };
+        if kind == Kind::Result && uncertain {
+            match self.already_delivered(api, seq, &id) {
+                Some(true) => {
+                    crate::metrics::global()
+                        .results_already_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.acknowledge(seq, &id, kind, &stored);
+                    return Attempt::Delivered;
+                }
+                Some(false) => {}
+                None => return self.retry_later(seq, &id, "status check", None),
             }
+        }
+        let result = match kind {
+            Kind::Logs => api.send_logs_body(&id, &body).map(|_| {
+                let lines = serde_json::from_slice::<crate::protocol::LogBatch>(&body)
+                    .map_or(0, |b| b.lines.len() as u64);
+                crate::metrics::global()
+                    .log_lines_shipped
+                    .fetch_add(lines, Ordering::Relaxed);
+            }),
+            Kind::Result => api.send_result(&id, &body).map(|_| ()),
         };
         match result {
             Ok(()) => {
-                if let Err(e) = fs::remove_file(&path) {
-                    log::warn!("outbox: cannot remove delivered {}: {e}", path.display());
-                }
-                self.lock().remove(&seq);
                 log::info!("execution {id}: {} delivered", kind.as_str());
+                self.acknowledge(seq, &id, kind, &stored);
                 Attempt::Delivered
             }
             Err(e) if e.outcome_unknown() => {
-                let mut entries = self.lock();
-                if let Some(entry) = entries.get_mut(&seq) {
-                    let delay = entry.backoff.next_delay().max(Duration::from_millis(100));
-                    entry.retry_at = Instant::now() + delay;
-                    entry.sending = false;
-                    log::warn!(
-                        "execution {id}: {} not delivered ({e}); kept in the outbox, retrying in {} ms",
-                        kind.as_str(),
-                        delay.as_millis()
-                    );
+                if let Some(entry) = self.lock().get_mut(&seq) {
+                    // It may have landed: ask before the next send.
+                    entry.uncertain = true;
+                    entry.status_misses = 0;
                 }
-                self.shared.wake.notify_all();
-                Attempt::Pending
+                self.retry_later(seq, &id, kind.as_str(), Some(&e))
             }
             Err(e) => {
-                self.bury(seq, &path, &id, kind, &e);
+                self.bury(seq, &stored, &id, kind, &e);
                 Attempt::Dead
             }
         }
     }
 
-    fn bury(&self, seq: u64, path: &Path, id: &ExecutionId, kind: Kind, e: &ApiError) {
-        log::error!(
-            "execution {id}: the API refused the {} for good ({e}); moved to {}/{DEAD_DIR}/",
-            kind.as_str(),
-            self.shared.dir.display()
-        );
-        move_aside(&self.shared.dir.join(DEAD_DIR), path, &e.to_string());
+    /// Asks the status route whether the API already has `id`'s result.
+    /// `None`: cannot tell yet (try again later).
+    fn already_delivered(&self, api: &Api, seq: u64, id: &ExecutionId) -> Option<bool> {
+        match api.status(id, crate::api::CALL_TIMEOUT) {
+            Ok(status) if status.is_complete() => {
+                log::info!(
+                    "execution {id}: the API already has its result (completion_status {:?}); not sending it again",
+                    status.completion_status.as_deref().unwrap_or("")
+                );
+                Some(true)
+            }
+            Ok(_) => Some(false),
+            // No status route, or no such execution there: the result route
+            // decides.
+            Err(e) if !e.outcome_unknown() => Some(false),
+            Err(e) => {
+                let mut entries = self.lock();
+                let entry = entries.get_mut(&seq)?;
+                entry.status_misses += 1;
+                if entry.status_misses >= STATUS_TRIES {
+                    log::warn!("execution {id}: cannot ask the API whether it has the result ({e}); sending it again");
+                    return Some(false);
+                }
+                log::warn!(
+                    "execution {id}: cannot ask the API whether it has the result yet ({e})"
+                );
+                None
+            }
+        }
+    }
+
+    /// A memory-only entry is written to disk as soon as the disk allows.
+    fn try_persist(&self, seq: u64, id: &ExecutionId, kind: Kind, stored: Stored) -> Stored {
+        let Stored::Memory(body) = &stored else {
+            return stored;
+        };
+        let path = self.path_for(seq, kind, id);
+        let written = fsutil::write_synced(&path, body, fsutil::FILE_MODE)
+            .and_then(|()| fsutil::sync_dir(&self.shared.dir));
+        match written {
+            Ok(()) => {
+                log::info!(
+                    "execution {id}: its result is now kept in {}",
+                    path.display()
+                );
+                crate::metrics::global()
+                    .results_in_memory
+                    .fetch_sub(1, Ordering::Relaxed);
+                let stored = Stored::File(path);
+                if let Some(e) = self.lock().get_mut(&seq) {
+                    e.stored = stored.clone();
+                }
+                stored
+            }
+            Err(_) => {
+                let _ = fs::remove_file(&path);
+                stored
+            }
+        }
+    }
+
+    fn retry_later(&self, seq: u64, id: &ExecutionId, what: &str, e: Option<&ApiError>) -> Attempt {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.get_mut(&seq) {
+            let delay = entry.backoff.next_delay().max(Duration::from_millis(100));
+            entry.retry_at = Instant::now() + delay;
+            entry.sending = false;
+            if let Some(e) = e {
+                log::warn!(
+                    "execution {id}: {what} not delivered ({e}); kept in the outbox, retrying in {} ms",
+                    delay.as_millis()
+                );
+            }
+        }
+        drop(entries);
+        self.shared.wake.notify_all();
+        Attempt::Pending
+    }
+
+    /// The API has the report: for a result, `done` goes in the journal
+    /// (durably) before the entry is removed, so no crash can make the
+    /// next start report the execution again.
+    fn acknowledge(&self, seq: u64, id: &ExecutionId, kind: Kind, stored: &Stored) {
+        let mut keep_file = false;
+        if kind == Kind::Result {
+            crate::failpoint::hit("ledger.acknowledged");
+            if let Err(e) = self.shared.journal.done(id) {
+                // The file stays: the next start finds it, asks the API,
+                // and finishes it then.
+                self.shared.state.write_failed("journal", &e);
+                log::warn!("execution {id}: cannot record its delivery in the journal ({e})");
+                keep_file = true;
+            }
+            crate::failpoint::hit("ledger.done");
+        }
+        let removed = self.lock().remove(&seq);
+        match stored {
+            Stored::File(path) if !keep_file => {
+                if let Err(e) = fs::remove_file(path) {
+                    log::warn!("outbox: cannot remove delivered {}: {e}", path.display());
+                }
+            }
+            Stored::File(_) => {}
+            Stored::Memory(_) => {
+                if removed.is_some() {
+                    crate::metrics::global()
+                        .results_in_memory
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn bury(&self, seq: u64, stored: &Stored, id: &ExecutionId, kind: Kind, e: &ApiError) {
+        match stored {
+            Stored::File(path) => {
+                log::error!(
+                    "execution {id}: the API refused the {} for good ({e}); moved to {}/{DEAD_DIR}/",
+                    kind.as_str(),
+                    self.shared.dir.display()
+                );
+                move_aside(&self.shared.dir.join(DEAD_DIR), path, &e.to_string());
+            }
+            Stored::Memory(_) => {
+                log::error!(
+                    "execution {id}: the API refused the {} for good ({e}); dropped",
+                    kind.as_str()
+                );
+                crate::metrics::global()
+                    .results_in_memory
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if kind == Kind::Result {
+            // Nothing more will be sent for it: the next start must not report it.
+            if let Err(e) = self.shared.journal.done(id) {
+                log::warn!("execution {id}: cannot record its end in the journal ({e})");
+            }
+        }
         self.lock().remove(&seq);
     }
 
@@ -331,7 +561,7 @@ impl Outbox {
                             continue;
                         };
                         e.sending = true;
-                        break (seq, e.kind, e.path.clone());
+                        break seq;
                     }
                     if shutdown.is_forced() {
                         return;
@@ -340,6 +570,21 @@ impl Outbox {
                 }
             };
             self.attempt(api, next);
+        }
+    }
+}
+
+impl Entry {
+    fn new(kind: Kind, execution_id: ExecutionId, stored: Stored, uncertain: bool) -> Self {
+        Self {
+            kind,
+            execution_id,
+            stored,
+            retry_at: Instant::now(),
+            backoff: Backoff::new(RETRY_BASE, RETRY_MAX),
+            sending: false,
+            uncertain,
+            status_misses: 0,
         }
     }
 }
@@ -375,29 +620,64 @@ mod tests {
         assert!(parse_name("1.logs..json").is_none());
     }
 
+    fn open(dir: &Path) -> Outbox {
+        let state = StateDir::lock(dir).unwrap();
+        let journal = Journal::open(dir).unwrap();
+        Outbox::open(&state, journal).unwrap()
+    }
+
     #[test]
     fn reopens_pending_reports_and_moves_corrupt_ones_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(dir.path()).unwrap();
+        let outbox = open(dir.path());
         let id = ExecutionId::parse("e1").unwrap();
-        outbox.put(Kind::Logs, &id, br#"{"lines":["a"]}"#).unwrap();
-        outbox
-            .put(Kind::Result, &id, br#"{"has_errored":false,"state":{}}"#)
-            .unwrap();
+        let logs = vec![br#"{"lines":["a"]}"#.to_vec()];
+        let put = outbox.put(&id, &logs, br#"{"has_errored":false,"state":{}}"#, false);
+        assert_eq!(put, Durability::Durable);
+        drop(outbox);
         let out = dir.path().join(OUTBOX_DIR);
         fs::write(out.join("0000000000000009.result.e2.json"), b"").unwrap();
         fs::write(out.join("junk.txt"), b"x").unwrap();
-        let again = Outbox::open(dir.path()).unwrap();
+        let again = open(dir.path());
         assert_eq!(again.depth(), 2);
-        assert!(again.has_pending(&id));
+        assert!(again.has_pending_result(&id));
         assert!(out.join(CORRUPT_DIR).join("junk.txt").exists());
         assert!(out
             .join(CORRUPT_DIR)
             .join("0000000000000009.result.e2.json")
             .exists());
-        let seq = again
-            .put(Kind::Result, &ExecutionId::parse("e3").unwrap(), b"{}")
-            .unwrap();
+        let e3 = ExecutionId::parse("e3").unwrap();
+        again.put(&e3, &[], b"{}", false);
+        let seq = again.lock().keys().last().copied().unwrap();
         assert!(seq > 9, "sequence continues after what was on disk");
+    }
+
+    #[test]
+    fn a_logs_only_entry_is_not_a_pending_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(OUTBOX_DIR);
+        fs::create_dir_all(&out).unwrap();
+        fs::write(
+            out.join("0000000000000001.logs.e1.json"),
+            br#"{"lines":[]}"#,
+        )
+        .unwrap();
+        let outbox = open(dir.path());
+        let id = ExecutionId::parse("e1").unwrap();
+        assert_eq!(outbox.depth(), 1);
+        assert!(!outbox.has_pending_result(&id));
+    }
+
+    #[test]
+    fn a_result_that_cannot_be_written_is_kept_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(dir.path());
+        // A directory where the file would go: the write fails.
+        let id = ExecutionId::parse("e1").unwrap();
+        let seq = *crate::sync::lock(&outbox.shared.next_seq);
+        fs::create_dir_all(outbox.path_for(seq, Kind::Result, &id)).unwrap();
+        assert_eq!(outbox.put(&id, &[], b"{}", false), Durability::InMemory);
+        assert!(outbox.has_pending_result(&id));
+        assert!(outbox.result_file(&id).is_none());
     }
 }

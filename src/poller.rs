@@ -21,6 +21,7 @@ use crate::workspace::Job;
 
 pub const ERROR_BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(60);
+const STATE_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub struct Gate {
@@ -47,6 +48,10 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
             .slots
             .wait_free(&ctx.shutdown, &|| ctx.health.poll_tick())
         {
+            break;
+        }
+        // Work taken now could not be made durable: none until it can.
+        if !ctx.ledger.state().is_writable() && !wait_writable(ctx) {
             break;
         }
         // Sign the next claim ahead, off the path from "work available" to
@@ -115,6 +120,20 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
         }
     }
     log::debug!("poller stopped");
+}
+
+/// Waits, without polling, until the state directory can be written again
+/// (the heartbeat thread probes it too). Returns `false` on shutdown.
+fn wait_writable(ctx: &Context) -> bool {
+    loop {
+        ctx.health.poll_tick();
+        if ctx.shutdown.sleep(STATE_PROBE_EVERY) {
+            return false;
+        }
+        if ctx.ledger.state().probe() {
+            return true;
+        }
+    }
 }
 
 enum Pause {

@@ -132,6 +132,32 @@ pub struct LogBatchRef<'a> {
 pub struct StatusResponse {
     #[serde(default)]
     pub completion_status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_status: Option<String>,
+}
+
+/// `completion_status` values of an execution whose result the API has.
+const COMPLETE: [&str; 6] = [
+    "success",
+    "succeeded",
+    "failed",
+    "failure",
+    "error",
+    "cancelled",
+];
+
+impl StatusResponse {
+    /// Whether the API already holds a result for the execution. Anything
+    /// unknown counts as not complete: sending a result twice is better than
+    /// never sending it.
+    pub fn is_complete(&self) -> bool {
+        let completion = self.completion_status.as_deref().unwrap_or("");
+        COMPLETE.iter().any(|c| completion.eq_ignore_ascii_case(c))
+            || self
+                .execution_status
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("completed"))
+    }
 }
 
 /// The value of `completion_status` that asks the runner to stop.

@@ -53,6 +53,14 @@ pub fn executor_path() -> PathBuf {
     .clone()
 }
 
+/// The runner binary under test: this build's, or `FLO_TEST_RUNNER` (to
+/// run the same tests against another build, such as the one before a fix).
+pub fn runner_bin() -> PathBuf {
+    std::env::var_os("FLO_TEST_RUNNER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flo-runner")))
+}
+
 pub struct DevServer {
     child: Child,
     pub url: String,
@@ -237,6 +245,8 @@ pub struct RunnerSetup {
     /// Write no config.json (environment only).
     pub no_config_file: bool,
     pub args: Vec<String>,
+    /// Run the runner as this uid/gid (the test runs as root).
+    pub user: Option<(u32, u32)>,
 }
 
 impl RunnerSetup {
@@ -262,7 +272,14 @@ impl RunnerSetup {
             env: Vec::new(),
             no_config_file: false,
             args: Vec::new(),
+            user: None,
         }
+    }
+
+    /// Runs the runner as `uid`:`gid`; its directory is handed to that user.
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
     }
 
     /// Sets `section.key` in the config.
@@ -295,7 +312,17 @@ impl RunnerSetup {
             .append(true)
             .open(dir.path().join("runner.log"))
             .expect("runner.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flo-runner"));
+        let mut cmd = Command::new(runner_bin());
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            let status = Command::new("chown")
+                .args(["-R", &format!("{uid}:{gid}")])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the runner directory");
+            cmd.uid(uid).gid(gid);
+        }
         cmd.current_dir(dir.path())
             .args(&self.args)
             .env_clear()
