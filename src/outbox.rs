@@ -258,6 +258,18 @@ impl Outbox {
                 log::info!("execution {id}: {} delivered", kind.as_str());
                 Attempt::Delivered
             }
+            Err(ApiError::RouteMissing(route)) => {
+                // The API has no such route (PROTOCOL.md §9: no /logs): no
+                // attempt will ever be taken, and the lines are in output.log
+                // and the result already. Dropped, not a dead letter.
+                let _ = fs::remove_file(&path);
+                self.lock().remove(&seq);
+                log::debug!(
+                    "execution {id}: {} dropped: the API has no {route} route",
+                    kind.as_str()
+                );
+                Attempt::Delivered
+            }
             Err(e) if e.outcome_unknown() => {
                 let mut entries = self.lock();
                 if let Some(entry) = entries.get_mut(&seq) {
