@@ -180,6 +180,39 @@ fn the_older_generation_runs_executions_end_to_end_without_its_missing_routes() 
 }
 
 #[test]
+fn last_lines_sent_through_the_outbox_to_the_older_generation_are_dropped_not_dead_letters() {
+    let server = DevServer::start_with(OLDER);
+    // A flush interval longer than the execution: every line is still queued
+    // when it ends, so they all go through the outbox (a 404 there used to
+    // become a dead letter per execution).
+    let runner = RunnerSetup::new(&server)
+        .set("execution", "log_flush_ms", json!(60_000))
+        .start();
+    for n in 0..2 {
+        let id = server.enqueue(
+            flow(json!([{"id": "a", "type": "print", "count": 3}])),
+            json!({"execution_id": format!("quick-{n}")}),
+        );
+        let e = completed(&server, &runner, &id, LIMIT);
+        let state = state_of(&only_result(&e));
+        assert!(
+            state["logs"]
+                .as_str()
+                .is_some_and(|l| l.contains("line 000003 ")),
+            "{e:#}"
+        );
+    }
+    wait_for(LIMIT, "the outbox to drain", || {
+        std::fs::read_dir(runner.path().join("outbox"))
+            .map(|d| d.flatten().all(|e| e.path().is_dir()))
+            .unwrap_or(true)
+    });
+    assert_eq!(dead_letters(&runner), Vec::<String>::new());
+    let logs = server.requests_on("logs").len();
+    assert_eq!(logs, 1, "requests to /logs\n{}", runner.log_tail());
+}
+
+#[test]
 fn check_reports_the_older_generations_missing_features_and_passes() {
     let server = DevServer::start_with(OLDER);
     let dir = tempfile::tempdir().expect("tempdir");
