@@ -11,7 +11,10 @@
 //!   and a newline on stdout, exit 0. Other arguments are ignored (the runner
 //!   may prepend leading arguments from `executable_name`).
 //! * `--manifest FILE`: write the action manifest (JSON, see [`manifest`]) to
-//!   FILE (relative to the working directory), exit 0.
+//!   FILE (relative to the working directory), exit 0. It is an object of
+//!   action definitions keyed by node type (`{"log": {"name": "log",
+//!   "description": ..., "version": ..., "inputs": {...}}, ...}`), the shape
+//!   a real Flomation API accepts.
 //! * Otherwise run mode. The arguments the runner passes are
 //!   `--output json --path execution.flow --entry E --id ID --flow FLO
 //!   --api URL --runner NAME [--environment ENV] [--trigger-data F]
@@ -171,18 +174,26 @@ impl Options {
     }
 }
 
+/// The action manifest in the shape the Flomation API stores: an object whose
+/// keys are action types and whose values are action definitions (the API
+/// refuses any other shape with 400, PROTOCOL.md §9).
 fn manifest() -> Value {
-    let action = |id: &str, name: &str, description: &str| json!({"id": id, "name": name, "description": description});
+    let text = |what: &str| json!({"type": "string", "description": what});
+    let number = |what: &str| json!({"type": "number", "description": what});
+    let action = |name: &str, description: &str, inputs: Value| json!({"name": name, "description": description, "version": VERSION, "inputs": inputs});
     json!({
-        "name": NAME,
-        "version": VERSION,
-        "actions": [
-            action("log", "Log a message", "Writes a message to the execution log."),
-            action("stderr", "Log to stderr", "Writes a message to standard error."),
-            action("sleep", "Sleep", "Waits for a number of milliseconds."),
-            action("fail", "Fail", "Marks the execution as failed and carries on."),
-            action("echo_trigger", "Echo trigger data", "Logs the trigger data and context."),
-        ],
+        "log": action("log", "Writes a message to the execution log.",
+            json!({"message": text("the line to write")})),
+        "stderr": action("stderr", "Writes a message to standard error.",
+            json!({"message": text("the line to write")})),
+        "print": action("print", "Writes numbered lines of a given length.",
+            json!({"count": number("how many lines"), "bytes": number("bytes per line"),
+                   "stream": text("stdout or stderr")})),
+        "sleep": action("sleep", "Waits for a number of milliseconds.",
+            json!({"ms": number("how long to wait")})),
+        "fail": action("fail", "Marks the execution as failed and carries on.",
+            json!({"message": text("why")})),
+        "echo_trigger": action("echo_trigger", "Logs the trigger data and context.", json!({})),
     })
 }
 

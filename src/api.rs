@@ -1,7 +1,14 @@
 //! The Flomation API client: one method per route, every request but
 //! registration signed (PROTOCOL.md §2), every call with a timeout.
+//!
+//! Two generations of the API are in use (PROTOCOL.md §9), and the client
+//! finds out at run time which one it talks to: a POST poll answered 404/405
+//! makes it try the older GET form (and back), and it remembers what worked.
+//! The older generation has no `/logs` and no `/status`: the first 404 there
+//! switches log streaming, or cancel checks, off until the next registration.
 
 use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +39,10 @@ pub enum ApiError {
     Decode(String),
     #[error(transparent)]
     Sign(#[from] crate::signing::SignError),
+    /// The API has no such route (it answered 404 once; nothing was sent this
+    /// time). Not an outcome to retry: no request will ever be taken.
+    #[error("the API has no {0} route")]
+    RouteMissing(&'static str),
 }
 
 impl ApiError {
@@ -49,9 +60,92 @@ impl ApiError {
         match self {
             ApiError::Transport(_) => true,
             ApiError::Status { code, .. } => *code >= 500 || *code == 408 || *code == 429,
-            ApiError::Decode(_) | ApiError::Sign(_) => false,
+            ApiError::Decode(_) | ApiError::Sign(_) | ApiError::RouteMissing(_) => false,
         }
     }
+
+    /// The answer of a router that has no such route, rather than of a
+    /// handler that looked at the request: 404/405 with a body that is not
+    /// JSON (gin's `404 page not found`, a proxy's HTML page). Any 404/405
+    /// counts on the older generation, which is known to lack the route.
+    fn is_no_route(&self, generation: Generation) -> bool {
+        match self {
+            ApiError::Status {
+                code: 404 | 405,
+                body,
+            } => {
+                generation == Generation::March2026
+                    || (!body.is_empty() && !body.starts_with(['{', '[']))
+            }
+            _ => false,
+        }
+    }
+
+    /// A poll answered 404/405: this form of the poll is not this API's.
+    fn is_wrong_poll_form(&self) -> bool {
+        matches!(self.status(), Some(404 | 405))
+    }
+}
+
+/// Which generation of the Flomation API the runner talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// No poll answered yet since the last registration.
+    Unknown,
+    /// `POST` poll, `/logs`, `/status` (PROTOCOL.md §4–§8).
+    Current,
+    /// The public release of March 2026: `GET` poll signed over the empty
+    /// body, no `/logs`, no `/status` (PROTOCOL.md §9).
+    March2026,
+}
+
+impl Generation {
+    pub const ALL: [Generation; 3] = [
+        Generation::Unknown,
+        Generation::Current,
+        Generation::March2026,
+    ];
+
+    /// The name in logs, `check` and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::Unknown => "unknown",
+            Generation::Current => "current",
+            Generation::March2026 => "2026-03",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Generation::Current,
+            2 => Generation::March2026,
+            _ => Generation::Unknown,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Generation::Unknown => 0,
+            Generation::Current => 1,
+            Generation::March2026 => 2,
+        }
+    }
+
+    /// How this generation's poll is sent, for the log line.
+    fn poll_form(self) -> &'static str {
+        match self {
+            Generation::March2026 => "GET poll signed over the empty body, PROTOCOL.md §9",
+            _ => "POST poll",
+        }
+    }
+}
+
+/// What the API was found to have, since the last registration.
+#[derive(Default)]
+struct Detected {
+    generation: AtomicU8,
+    logs_missing: AtomicBool,
+    status_missing: AtomicBool,
 }
 
 /// What a poll brought back.
@@ -74,6 +168,7 @@ pub struct Api {
     /// A fresh signature over the claim body, made ahead of need (see
     /// [`Api::presign_claim`]). Each is used once.
     claim_signature: std::sync::Mutex<Option<String>>,
+    detected: Detected,
 }
 
 /// The claim body (PROTOCOL.md §6): the same bytes for every execution.
@@ -95,19 +190,91 @@ fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
     builder.build()
 }
 
-/// Whether the API answers at all (any HTTP status counts): an unsigned GET
-/// of the status route of an execution that does not exist. For `check`.
-pub fn probe(base_url: &str, net: &Net) -> Result<u16, ApiError> {
-    let url = format!(
-        "{}{}",
-        base_url.trim_end_matches('/'),
-        paths::status("flo-runner-check")
-    );
-    match finish(agent(CALL_TIMEOUT, net).get(&url).call()) {
-        Ok(resp) => Ok(resp.status()),
-        Err(ApiError::Status { code, .. }) => Ok(code),
+/// What `check` learns about an API without registering or taking work. Its
+/// requests are unsigned: a route that exists refuses them (401/403, or a
+/// handler's own 404 for an execution that does not exist), a route that
+/// does not is a router's 404/405.
+#[derive(Debug)]
+pub struct Probe {
+    /// The generation whose form of the poll the API has; `None`: neither
+    /// form (or an answer that shows neither, see `post` and `get`).
+    pub generation: Option<Generation>,
+    /// The status the POST poll got, and the GET poll when it was tried.
+    pub post: u16,
+    pub get: Option<u16>,
+    /// Whether `/logs` and `/status` exist (checked with a generation only).
+    pub logs: bool,
+    pub status: bool,
+}
+
+/// The execution id the probes name; no API has it.
+const PROBE_EXECUTION: &str = "flo-runner-check";
+
+/// Probes the poll in both forms, then `/logs` and `/status` (for `check`).
+/// `identifier` is the runner's own when it has one, so that an API which
+/// answers 404 for an unknown runner still shows that the route exists.
+pub fn probe(base_url: &str, identifier: &str, net: &Net) -> Result<Probe, ApiError> {
+    let base = base_url.trim_end_matches('/');
+    let agent = agent(CALL_TIMEOUT, net);
+    // Ok(status) for a 2xx, Err(the status error) for another answer; no
+    // answer at all is the probe's error.
+    let answer = |result| match finish(result) {
+        Ok(resp) => Ok(Ok(drain(resp))),
+        Err(e @ ApiError::Status { .. }) => Ok(Err(e)),
         Err(e) => Err(e),
+    };
+    let code = |a: &Result<u16, ApiError>| match a {
+        Ok(c) => *c,
+        Err(e) => e.status().unwrap_or(0),
+    };
+    let exists = |a: &Result<u16, ApiError>| matches!(code(a), 200..=299 | 401 | 403);
+    let wrong_form =
+        |a: &Result<u16, ApiError>| a.as_ref().is_err_and(ApiError::is_wrong_poll_form);
+
+    let poll_url = format!("{base}{}", paths::poll(identifier));
+    let body = serde_json::to_vec(&protocol::PollRequest {
+        requested_at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+    })
+    .map_err(|e| ApiError::Decode(e.to_string()))?;
+    let post = answer(
+        agent
+            .post(&poll_url)
+            .set("Content-Type", "application/json")
+            .send_bytes(&body),
+    )?;
+    let mut probe = Probe {
+        generation: exists(&post).then_some(Generation::Current),
+        post: code(&post),
+        get: None,
+        logs: false,
+        status: false,
+    };
+    // A GET only where the POST form is not there: never to a current API.
+    if wrong_form(&post) {
+        let get = answer(agent.get(&poll_url).call())?;
+        probe.get = Some(code(&get));
+        if exists(&get) {
+            probe.generation = Some(Generation::March2026);
+        }
     }
+    let Some(generation) = probe.generation else {
+        return Ok(probe);
+    };
+    let missing = |a: &Result<u16, ApiError>| a.as_ref().is_err_and(|e| e.is_no_route(generation));
+    let logs = answer(
+        agent
+            .post(&format!("{base}{}", paths::logs(PROBE_EXECUTION)))
+            .set("Content-Type", "application/json")
+            .send_bytes(br#"{"lines":["flo-runner check"]}"#),
+    )?;
+    probe.logs = !missing(&logs);
+    let status = answer(
+        agent
+            .get(&format!("{base}{}", paths::status(PROBE_EXECUTION)))
+            .call(),
+    )?;
+    probe.status = !missing(&status);
+    Ok(probe)
 }
 
 impl Api {
@@ -118,7 +285,84 @@ impl Api {
             poll_agent: agent(POLL_TIMEOUT, net),
             agent: agent(CALL_TIMEOUT, net),
             claim_signature: std::sync::Mutex::new(None),
+            detected: Detected::default(),
         }
+    }
+
+    /// The generation the API was found to be (`Unknown` before a poll).
+    pub fn generation(&self) -> Generation {
+        Generation::from_u8(self.detected.generation.load(Ordering::SeqCst))
+    }
+
+    /// Whether log lines are streamed to `/logs` (not known missing).
+    pub fn streams_logs(&self) -> bool {
+        !self.detected.logs_missing.load(Ordering::SeqCst)
+    }
+
+    /// Whether `/status` is asked for cancels (not known missing).
+    pub fn can_cancel(&self) -> bool {
+        !self.detected.status_missing.load(Ordering::SeqCst)
+    }
+
+    /// Forgets what was detected, so the next calls find out again: called
+    /// after each registration, which is when an upgraded API shows up.
+    pub fn reset_generation(&self) {
+        self.detected.generation.store(0, Ordering::SeqCst);
+        self.detected.logs_missing.store(false, Ordering::SeqCst);
+        self.detected.status_missing.store(false, Ordering::SeqCst);
+        self.publish();
+    }
+
+    fn set_generation(&self, generation: Generation) {
+        let before = self
+            .detected
+            .generation
+            .swap(generation.to_u8(), Ordering::SeqCst);
+        if before != generation.to_u8() {
+            log::info!(
+                "talking to API generation {} at {} ({})",
+                generation.as_str(),
+                self.base,
+                generation.poll_form()
+            );
+            self.publish();
+        }
+    }
+
+    /// Turns `e` into [`ApiError::RouteMissing`] when it says `route` does
+    /// not exist, switching the feature off (and saying so, once).
+    fn note_missing(&self, route: &'static str, e: ApiError) -> ApiError {
+        if !e.is_no_route(self.generation()) {
+            return e;
+        }
+        let (flag, first) = match route {
+            "logs" => (&self.detected.logs_missing, true),
+            _ => (&self.detected.status_missing, false),
+        };
+        if !flag.swap(true, Ordering::SeqCst) {
+            if first {
+                log::info!(
+                    "the API at {} has no log route ({e} on POST /api/v1/execution/{{id}}/logs): log streaming is off for this session; output still goes to each execution's output.log and to its result's state.logs",
+                    self.base
+                );
+            } else {
+                log::warn!(
+                    "the API at {} has no status route ({e} on GET /api/v1/execution/{{id}}/status): cancel is unavailable with this API, so an execution cancelled on the server runs to its end (execution.timeout_secs still applies)",
+                    self.base
+                );
+            }
+            self.publish();
+        }
+        ApiError::RouteMissing(route)
+    }
+
+    /// Shows what was detected in the metrics.
+    fn publish(&self) {
+        crate::metrics::global().api_detected(
+            self.generation(),
+            self.streams_logs(),
+            self.can_cancel(),
+        );
     }
 
     pub fn base_url(&self) -> &str {
@@ -137,14 +381,47 @@ impl Api {
         Ok(drain(resp))
     }
 
-    /// `POST /api/v1/runner/{identifier}/execution`.
+    /// Asks for work in the form of the generation last found: the current
+    /// `POST /api/v1/runner/{identifier}/execution`, or the older `GET` of
+    /// the same path. A 404/405 makes it try the other form once; an answer
+    /// that shows the route exists (2xx, 401, 403) decides the generation.
+    /// Neither form found: the first form's error (404/405).
     pub fn poll(&self) -> Result<PollAnswer, ApiError> {
-        let body = protocol::PollRequest {
-            requested_at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        let first = match self.generation() {
+            Generation::March2026 => Generation::March2026,
+            _ => Generation::Current,
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
-        let path = paths::poll(self.identity.identifier.as_str());
-        let resp = self.post_signed("poll", &self.poll_agent, &path, &bytes)?;
+        let resp = match self.poll_as(first) {
+            Ok(resp) => {
+                self.set_generation(first);
+                resp
+            }
+            Err(e) if e.is_wrong_poll_form() => {
+                let other = match first {
+                    Generation::March2026 => Generation::Current,
+                    _ => Generation::March2026,
+                };
+                match self.poll_as(other) {
+                    Ok(resp) => {
+                        self.set_generation(other);
+                        resp
+                    }
+                    Err(e2) if e2.is_wrong_poll_form() => return Err(e),
+                    Err(e2) => {
+                        if matches!(e2.status(), Some(401 | 403)) {
+                            self.set_generation(other);
+                        }
+                        return Err(e2);
+                    }
+                }
+            }
+            Err(e) => {
+                if matches!(e.status(), Some(401 | 403)) {
+                    self.set_generation(first);
+                }
+                return Err(e);
+            }
+        };
         if resp.status() == 204 {
             return Ok(PollAnswer::NoWork);
         }
@@ -176,6 +453,25 @@ impl Api {
                 why: format!("not a pending execution: {e}"),
             }),
         }
+    }
+
+    /// One poll in `generation`'s form.
+    fn poll_as(&self, generation: Generation) -> Result<ureq::Response, ApiError> {
+        let path = paths::poll(self.identity.identifier.as_str());
+        if generation == Generation::March2026 {
+            // That generation signs every request over its body: here none.
+            let signature = self.identity.signer.sign_hex(b"")?;
+            let req = self
+                .poll_agent
+                .get(&self.url(&path))
+                .set(SIGNATURE_HEADER, &signature);
+            return timed("poll", Instant::now(), req.call());
+        }
+        let body = protocol::PollRequest {
+            requested_at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        self.post_signed("poll", &self.poll_agent, &path, &bytes)
     }
 
     /// Signs the next claim now, while nothing waits for it (the poller
@@ -214,25 +510,44 @@ impl Api {
     }
 
     /// `POST /api/v1/execution/{id}/logs` with an already-serialised body.
+    /// [`ApiError::RouteMissing`], without a request, once the API is known
+    /// to have no such route.
     pub fn send_logs_body(&self, id: &ExecutionId, body: &[u8]) -> Result<(), ApiError> {
-        drain(self.post_signed("logs", &self.agent, &paths::logs(id.as_str()), body)?);
+        if !self.streams_logs() {
+            return Err(ApiError::RouteMissing("logs"));
+        }
+        let resp = self
+            .post_signed("logs", &self.agent, &paths::logs(id.as_str()), body)
+            .map_err(|e| self.note_missing("logs", e))?;
+        drain(resp);
         Ok(())
     }
 
-    /// `GET /api/v1/execution/{id}/status`, signed over the id.
+    /// `GET /api/v1/execution/{id}/status`, signed over the id (over the
+    /// empty body in the older generation, which signs every body).
+    /// [`ApiError::RouteMissing`], without a request, once the API is known
+    /// to have no such route.
     pub fn status(
         &self,
         id: &ExecutionId,
         timeout: Duration,
     ) -> Result<protocol::StatusResponse, ApiError> {
-        let signature = self.identity.signer.sign_hex(id.as_str().as_bytes())?;
+        if !self.can_cancel() {
+            return Err(ApiError::RouteMissing("status"));
+        }
+        let message: &[u8] = match self.generation() {
+            Generation::March2026 => b"",
+            _ => id.as_str().as_bytes(),
+        };
+        let signature = self.identity.signer.sign_hex(message)?;
         let req = self
             .agent
             .get(&self.url(&paths::status(id.as_str())))
             .timeout(timeout)
             .set(SIGNATURE_HEADER, &signature);
         let started = Instant::now();
-        let resp = timed("status", started, req.call())?;
+        let resp =
+            timed("status", started, req.call()).map_err(|e| self.note_missing("status", e))?;
         read_json(resp)
     }
 
@@ -354,6 +669,28 @@ fn drain(resp: ureq::Response) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_routers_404_is_a_missing_route_and_a_handlers_is_not() {
+        let e = |code, body: &str| ApiError::Status {
+            code,
+            body: body.into(),
+        };
+        let current = Generation::Current;
+        assert!(e(404, "404 page not found").is_no_route(current));
+        assert!(e(405, "<html><body>Not Found</body></html>").is_no_route(Generation::Unknown));
+        // A handler's answer about the execution, or no body: not the route.
+        assert!(!e(404, r#"{"error":"execution not found"}"#).is_no_route(current));
+        assert!(!e(404, "").is_no_route(current));
+        // The older generation has no such routes: any 404 is that.
+        assert!(e(404, r#"{"error":"x"}"#).is_no_route(Generation::March2026));
+        assert!(!e(403, "404 page not found").is_no_route(Generation::March2026));
+        assert!(!ApiError::Transport("reset".into()).is_no_route(Generation::March2026));
+        assert!(!ApiError::RouteMissing("logs").outcome_unknown());
+        for g in Generation::ALL {
+            assert_eq!(Generation::from_u8(g.to_u8()), g);
+        }
+    }
 
     #[test]
     fn the_presigned_claim_body_is_the_protocol_body() {

@@ -3,7 +3,8 @@
 //! runs the timers (`execution.timeout_secs`, the SIGKILL grace), so a slow
 //! API never delays a kill; shutdown stops executions through the same path.
 //! Stopping is one mechanism for every reason: SIGTERM to the executor's
-//! process group, then SIGKILL after `kill_grace`.
+//! process group, then SIGKILL after `kill_grace`. An API without `/status`
+//! (PROTOCOL.md §9) cannot cancel: the status thread then asks nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -20,6 +21,8 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// The same 15 s as every call but the poll.
 const STATUS_TIMEOUT: Duration = crate::api::CALL_TIMEOUT;
 const TICK: Duration = Duration::from_millis(200);
+/// How often an API without `/status` is asked whether that changed.
+const CANCEL_RECHECK: Duration = Duration::from_secs(60);
 
 /// Why an executor was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +192,12 @@ fn watch_status(shared: &Shared, api: &Api) {
     loop {
         if entries.is_empty() {
             entries = crate::sync::wait(&shared.status_wake, entries);
+            continue;
+        }
+        if !api.can_cancel() {
+            // The API has no /status (the Api warned, once). Look again now
+            // and then: a re-registration may find an upgraded API.
+            entries = crate::sync::wait_timeout(&shared.status_wake, entries, CANCEL_RECHECK);
             continue;
         }
         let now = Instant::now();

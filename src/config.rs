@@ -69,6 +69,8 @@ pub struct RunnerConfig {
     pub registration_retry: RegistrationRetry,
     pub shutdown_grace: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    /// Unhealthy once every poll for this long was refused (`None`: never).
+    pub unhealthy_after_refused: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +144,7 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("runner", "registration_retry"),
     ("runner", "shutdown_grace_secs"),
     ("runner", "metrics_listen"),
+    ("runner", "unhealthy_after_refused_secs"),
     ("execution", "max_concurrent_executors"),
     ("execution", "state_directory"),
     ("execution", "execution_directory"),
@@ -280,6 +283,15 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             )
         })?),
     };
+    // Three minutes: several polls at the longest error backoff (60 s), so
+    // one refused poll in a deployment's hiccup is not enough.
+    let unhealthy_after_refused = src
+        .uint(
+            "runner",
+            "unhealthy_after_refused_secs",
+            &["FLOMATION_RUNNER_UNHEALTHY_AFTER_REFUSED_SECS"],
+        )?
+        .unwrap_or(180);
 
     // Go semantics: below 1 means 1.
     let max_concurrent = src
@@ -430,6 +442,8 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             registration_retry,
             shutdown_grace: Duration::from_secs(shutdown_grace),
             metrics_listen,
+            unhealthy_after_refused: (unhealthy_after_refused > 0)
+                .then(|| Duration::from_secs(unhealthy_after_refused)),
         },
         execution: ExecutionConfig {
             max_concurrent_executors: max_concurrent,
@@ -824,6 +838,10 @@ mod tests {
         );
         assert_eq!(c.runner.shutdown_grace, Duration::from_secs(30));
         assert!(c.runner.metrics_listen.is_none());
+        assert_eq!(
+            c.runner.unhealthy_after_refused,
+            Some(Duration::from_secs(180))
+        );
         assert!(c.execution.timeout.is_none());
         assert_eq!(c.execution.kill_grace, Duration::from_secs(10));
         assert_eq!(c.execution.max_log_bytes, 1_048_576);

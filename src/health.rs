@@ -45,6 +45,42 @@ pub struct Heartbeat {
     /// Why the state directory cannot be written, while it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_problem: Option<String>,
+
+    /// Since when every poll has been refused (0: the last one was not).
+    #[serde(default)]
+    pub poll_refused: PollRefused,
+}
+
+/// Polls refused in a row (403/404: a wrong key or a wrong URL, which no
+/// amount of waiting fixes), unlike transport errors and 5xx (an outage,
+/// which restarting the runner would not fix either). Kept apart from the
+/// rest of the health state so the rule reads in one place.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PollRefused {
+    /// Unix seconds of the first refusal in the row (0: none).
+    #[serde(default)]
+    pub since: u64,
+    /// The status of the last refusal.
+    #[serde(default)]
+    pub status: u16,
+    /// Seconds of refusals before the runner is unhealthy (0: never).
+    #[serde(default)]
+    pub window: u64,
+}
+
+impl PollRefused {
+    fn problem(&self, now: u64) -> Option<String> {
+        if self.since == 0 || self.window == 0 {
+            return None;
+        }
+        let secs = now.saturating_sub(self.since);
+        (secs >= self.window).then(|| {
+            format!(
+                "every poll for {secs} s was refused by the API (last: HTTP {}); a wrong runner.url or key is not fixed by waiting",
+                self.status
+            )
+        })
+    }
 }
 
 /// Shared liveness state, updated by the registration and the poll loop.
@@ -55,6 +91,10 @@ pub struct Health {
     /// Registration changed: write the heartbeat now rather than in 5 s.
     changed: AtomicBool,
     state: OnceLock<StateDir>,
+    /// See [`PollRefused`]; `poll_refused_since` 0 means not refused.
+    poll_refused_since: AtomicU64,
+    poll_refused_status: AtomicU64,
+    poll_refused_window: AtomicU64,
 }
 
 pub fn now_secs() -> u64 {
@@ -88,14 +128,47 @@ impl Health {
         self.state.get().and_then(StateDir::problem)
     }
 
+    /// A poll was refused with `status` (403/404...); unhealthy once that
+    /// has gone on for `window` (`None`: never).
+    pub fn poll_refused(&self, status: u16, window: Option<std::time::Duration>) {
+        self.poll_refused_status
+            .store(u64::from(status), Ordering::SeqCst);
+        self.poll_refused_window
+            .store(window.map_or(0, |w| w.as_secs().max(1)), Ordering::SeqCst);
+        let first = self
+            .poll_refused_since
+            .compare_exchange(0, now_secs().max(1), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if first {
+            self.changed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A poll was answered (2xx): whatever was refused before is over.
+    pub fn poll_accepted(&self) {
+        if self.poll_refused_since.swap(0, Ordering::SeqCst) != 0 {
+            self.changed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn refused(&self) -> PollRefused {
+        PollRefused {
+            since: self.poll_refused_since.load(Ordering::SeqCst),
+            status: u16::try_from(self.poll_refused_status.load(Ordering::SeqCst)).unwrap_or(0),
+            window: self.poll_refused_window.load(Ordering::SeqCst),
+        }
+    }
+
     /// Why the runner is not healthy, if it is not.
     pub fn problem(&self) -> Option<String> {
+        let now = now_secs();
         evaluate(
             self.is_registered(),
             self.poll_loop_at(),
             self.state_problem(),
-            now_secs(),
+            now,
         )
+        .or_else(|| self.refused().problem(now))
     }
 
     /// Writes the heartbeat file every few seconds until shutdown, then
@@ -122,6 +195,7 @@ impl Health {
                     registered: health.is_registered(),
                     poll_loop_at: health.poll_loop_at(),
                     state_problem: state.problem(),
+                    poll_refused: health.refused(),
                 };
                 if let Err(e) = write_heartbeat(&path, &beat) {
                     state.write_failed("heartbeat", &e);
@@ -213,7 +287,9 @@ pub fn check(state_dir: &Path) -> Result<String, String> {
         return Err(disk_problem(state_dir)
             .unwrap_or_else(|| format!("the heartbeat is {age} s old (pid {})", beat.pid)));
     }
-    if let Some(problem) = evaluate(beat.registered, beat.poll_loop_at, beat.state_problem, now) {
+    if let Some(problem) = evaluate(beat.registered, beat.poll_loop_at, beat.state_problem, now)
+        .or_else(|| beat.poll_refused.problem(now))
+    {
         return Err(problem);
     }
     Ok(format!("healthy (pid {}, heartbeat {age} s ago)", beat.pid))
@@ -252,6 +328,7 @@ mod tests {
             registered: true,
             poll_loop_at: now_secs(),
             state_problem: None,
+            poll_refused: PollRefused::default(),
         };
         std::fs::write(
             dir.path().join(HEARTBEAT_FILE),
@@ -269,5 +346,32 @@ mod tests {
         )
         .unwrap();
         assert!(check(dir.path()).unwrap_err().contains("old"));
+    }
+
+    #[test]
+    fn refused_polls_make_it_unhealthy_after_the_window_and_an_answer_clears_them() {
+        let refused = |since, window| PollRefused {
+            since,
+            status: 403,
+            window,
+        };
+        assert!(refused(0, 180).problem(1000).is_none());
+        assert!(refused(900, 180).problem(1000).is_none());
+        let why = refused(800, 180).problem(1000).unwrap();
+        assert!(why.contains("200 s") && why.contains("403"), "{why}");
+        assert!(refused(800, 0).problem(1000).is_none(), "window 0: never");
+
+        let health = Health::default();
+        health.mark_registered();
+        health.poll_refused(404, Some(std::time::Duration::from_secs(1)));
+        health.poll_refused_since.store(1, Ordering::SeqCst);
+        assert!(health.problem().unwrap().contains("HTTP 404"));
+        health.poll_accepted();
+        assert!(health.problem().is_none());
+        // A heartbeat from before this field existed is still read.
+        let old: Heartbeat =
+            serde_json::from_str(r#"{"pid":1,"written_at":2,"registered":true,"poll_loop_at":3}"#)
+                .unwrap();
+        assert_eq!(old.poll_refused, PollRefused::default());
     }
 }

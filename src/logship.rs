@@ -2,14 +2,16 @@
 //! execution into `POST /logs` requests (PROTOCOL.md §7). A batch goes out when
 //! it holds `log_batch_lines` lines or 256 KiB, or when its oldest line has
 //! waited `log_flush`. Failed batches are retried in order; while the API is
-//! down each execution's queue is bounded and drops its oldest lines.
+//! down each execution's queue is bounded and drops its oldest lines. An API
+//! without `/logs` (PROTOCOL.md §9) turns shipping off for the session: lines
+//! are then only in `output.log` and the result's `state.logs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::api::Api;
+use crate::api::{Api, ApiError};
 use crate::backoff::Backoff;
 use crate::ids::ExecutionId;
 use crate::shutdown::Shutdown;
@@ -38,6 +40,8 @@ struct Shared {
     drained: Condvar,
     batch_lines: usize,
     flush: Duration,
+    /// Asked whether the API streams logs at all.
+    api: Arc<Api>,
 }
 
 struct Queue {
@@ -82,6 +86,7 @@ impl LogShipper {
             drained: Condvar::new(),
             batch_lines: batch_lines.max(1),
             flush,
+            api: api.clone(),
         });
         let s = shared.clone();
         let spawned = thread::Builder::new()
@@ -115,6 +120,9 @@ impl LogShipper {
     }
 
     pub fn push(&self, id: &ExecutionId, line: String) {
+        if !self.shared.api.streams_logs() {
+            return;
+        }
         let mut queues = self.lock();
         // Backpressure: while the queue is full and the API is taking
         // batches, wait for room rather than drop (within the budget).
@@ -169,6 +177,10 @@ impl LogShipper {
                 let Some(q) = queues.remove(id) else {
                     return Vec::new();
                 };
+                // Nowhere to send them: the outbox would only drop them.
+                if !self.shared.api.streams_logs() {
+                    return Vec::new();
+                }
                 let mut rest = Vec::with_capacity(q.lines.len() + 1);
                 if q.dropped > 0 {
                     rest.push(dropped_marker(q.dropped));
@@ -270,6 +282,15 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
                 q.backoff.reset();
                 q.retry_at = None;
                 q.oldest_at = (!q.lines.is_empty()).then(Instant::now);
+            }
+            Err(ApiError::RouteMissing(_)) => {
+                // The API has no /logs (the Api said so, once): drop what
+                // is queued; push() queues nothing from now on.
+                q.lines.clear();
+                q.bytes = 0;
+                q.dropped = 0;
+                q.retry_at = None;
+                q.oldest_at = None;
             }
             Err(e) if shutdown.is_forced() => {
                 log::warn!("execution {id}: dropping {} log lines: {e}", batch.len());

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
+use crate::api::Generation;
 use crate::health::Health;
 
 /// Upper bounds of the API latency histogram, in seconds.
@@ -38,6 +39,9 @@ pub struct Metrics {
     pub results_already_delivered: AtomicU64,
     /// Results kept in memory because the outbox could not be written.
     pub results_in_memory: AtomicU64,
+    /// What the API was found to have: its generation, whether it streams
+    /// logs and whether it can cancel (`None`: nothing found yet).
+    api: Mutex<Option<(Generation, bool, bool)>>,
 }
 
 /// The process-wide metrics.
@@ -52,6 +56,11 @@ impl Metrics {
         *crate::sync::lock(&self.finished)
             .entry(outcome)
             .or_default() += 1;
+    }
+
+    /// What the API client found out about the API (see `api::Api`).
+    pub fn api_detected(&self, generation: Generation, log_streaming: bool, cancel: bool) {
+        *crate::sync::lock(&self.api) = Some((generation, log_streaming, cancel));
     }
 
     /// One API call: its route, its HTTP status (or `error`), how long it took.
@@ -107,6 +116,43 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "1 when registered with the API.",
         u8::from(g.health.is_registered()),
     );
+    // The same verdict as /healthz and `flo-runner health`.
+    single(
+        out,
+        "flo_runner_healthy",
+        "gauge",
+        "1 when healthy (registered, polling, polls not all refused); /healthz says why not.",
+        u8::from(g.health.problem().is_none()),
+    );
+    let (generation, log_streaming, cancel) =
+        crate::sync::lock(&m.api).unwrap_or((Generation::Unknown, true, true));
+    family(
+        out,
+        "flo_runner_api_generation",
+        "gauge",
+        "1 for the API generation detected: current (POST poll), 2026-03 (GET poll), unknown before a poll was answered.",
+    );
+    for g in Generation::ALL {
+        let _ = writeln!(
+            out,
+            "flo_runner_api_generation{{generation=\"{}\"}} {}",
+            g.as_str(),
+            u8::from(g == generation)
+        );
+    }
+    family(
+        out,
+        "flo_runner_api_feature",
+        "gauge",
+        "1 while the API offers the feature (log_streaming: /logs, cancel: /status); 0 once it was found missing.",
+    );
+    for (feature, on) in [("log_streaming", log_streaming), ("cancel", cancel)] {
+        let _ = writeln!(
+            out,
+            "flo_runner_api_feature{{feature=\"{feature}\"}} {}",
+            u8::from(on)
+        );
+    }
     single(
         out,
         "flo_runner_executions_started_total",

@@ -363,6 +363,20 @@ impl Outbox {
                 self.acknowledge(seq, &id, kind, &stored);
                 Attempt::Delivered
             }
+            Err(ApiError::RouteMissing(route)) => {
+                // The API has no such route (PROTOCOL.md §9: no /logs): no
+                // attempt will ever be taken, and the lines are in output.log
+                // and the result already. Dropped, not a dead letter.
+                if let Stored::File(path) = &stored {
+                    let _ = fs::remove_file(path);
+                }
+                self.lock().remove(&seq);
+                log::debug!(
+                    "execution {id}: {} dropped: the API has no {route} route",
+                    kind.as_str()
+                );
+                Attempt::Delivered
+            }
             Err(e) if e.outcome_unknown() => {
                 if let Some(entry) = self.lock().get_mut(&seq) {
                     // It may have landed: ask before the next send.

@@ -72,6 +72,18 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
         let answer = ctx.api.poll();
         ctx.health.poll_tick();
 
+        // Health tells a refusal (403/404: waiting will not fix it) from an
+        // outage (no answer, 5xx: restarting will not fix it either).
+        match &answer {
+            Ok(_) => ctx.health.poll_accepted(),
+            Err(e) => {
+                if let Some(code @ (401 | 403 | 404 | 405)) = e.status() {
+                    ctx.health
+                        .poll_refused(code, ctx.config.runner.unhealthy_after_refused);
+                }
+            }
+        }
+
         let mut g = gate.lock();
         g.poll_in_flight = false;
         let pause = match answer {
@@ -102,6 +114,11 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
                     Some(403) => log::error!(
                         "the API refused this runner's signature on a poll (HTTP 403): is {} the key this identifier first registered with? retrying in {} ms",
                         ctx.identity.key_path.display(),
+                        delay.as_millis()
+                    ),
+                    Some(code @ (404 | 405)) => log::error!(
+                        "{} does not answer the runner's poll in either form (HTTP {code} to the POST and to the GET of /api/v1/runner/{{identifier}}/execution): is runner.url the Flomation API's base URL? retrying in {} ms",
+                        ctx.config.runner.url,
                         delay.as_millis()
                     ),
                     _ => log::warn!("polling for work failed: {e}; retrying in {} ms", delay.as_millis()),

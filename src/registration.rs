@@ -39,6 +39,9 @@ pub fn register(
         attempts += 1;
         let last = match api.register(body) {
             Ok(status) => {
+                // What the API offers is found out again from here: the API
+                // behind the URL may have been upgraded (or replaced).
+                api.reset_generation();
                 log::info!(
                     "registered with {} as {} ({})",
                     api.base_url(),

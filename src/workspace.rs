@@ -5,6 +5,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
@@ -112,25 +113,50 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WorkspaceError> {
 }
 
 /// Trigger data as the Go runner normalises it: a string starting with `{`
-/// as is; another string parsed as JSON and re-serialised (nothing if it is
-/// not JSON); null is nothing; any other value serialised.
+/// as is; another string parsed as JSON and re-serialised; null is nothing;
+/// any other value serialised. flo-runner goes further: a string that is not
+/// JSON but is the base64 of JSON (what the March 2026 API sends, PROTOCOL.md
+/// §9) is written as that JSON, by the same rules. Every string that was
+/// JSON before keeps its meaning; only strings the Go runner dropped change.
 pub fn normalise_trigger_data(data: &Value) -> Option<Vec<u8>> {
     match data {
         Value::Null => None,
-        Value::String(s) if s.len() > 2 && s.starts_with('{') => Some(s.as_bytes().to_vec()),
-        Value::String(s) => serde_json::from_str::<Value>(s)
-            .ok()
-            .and_then(|v| serde_json::to_vec(&v).ok()),
+        Value::String(s) => string_json(s).map(|(text, value)| {
+            if text.len() > 2 && text.starts_with('{') {
+                text.into_bytes()
+            } else {
+                serde_json::to_vec(&value).unwrap_or_else(|_| text.into_bytes())
+            }
+        }),
         other => serde_json::to_vec(other).ok(),
     }
+}
+
+/// The JSON a trigger-data string holds, with its text: the string itself
+/// when it is JSON, else its base64 decoding when that is JSON. A string that
+/// starts with `{` counts as JSON even when it does not parse (the Go
+/// runner's rule), so it is never decoded either.
+fn string_json(s: &str) -> Option<(String, Value)> {
+    if let Ok(value) = serde_json::from_str::<Value>(s) {
+        return Some((s.to_string(), value));
+    }
+    if s.len() > 2 && s.starts_with('{') {
+        return Some((s.to_string(), Value::Null));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let value = serde_json::from_str::<Value>(&text).ok()?;
+    Some((text, value))
 }
 
 /// The trigger data as an object, when it is one (directly or as a string).
 fn trigger_object(data: &Value) -> Option<Map<String, Value>> {
     match data {
         Value::Object(m) => Some(m.clone()),
-        Value::String(s) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Object(m)) => Some(m),
+        Value::String(s) => match string_json(s) {
+            Some((_, Value::Object(m))) => Some(m),
             _ => None,
         },
         _ => None,
@@ -207,5 +233,30 @@ mod tests {
         assert_eq!(n(json!("{}")).as_deref(), Some("{}"));
         assert_eq!(n(json!("")), None);
         assert_eq!(n(json!(5)).as_deref(), Some("5"));
+    }
+
+    #[test]
+    fn base64_trigger_data_is_written_as_the_json_it_encodes() {
+        let n = |v: Value| normalise_trigger_data(&v).map(|b| String::from_utf8(b).unwrap());
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        // PostgreSQL's jsonb text, kept as is like any string holding an object.
+        let object = b64(r#"{"k": "v", "n": [1, 2]}"#);
+        assert_eq!(
+            n(json!(object)).as_deref(),
+            Some(r#"{"k": "v", "n": [1, 2]}"#)
+        );
+        assert_eq!(n(json!(b64("[1, 2]"))).as_deref(), Some("[1,2]"));
+        assert_eq!(
+            trigger_object(&json!(object)).and_then(|m| m.get("k").cloned()),
+            Some(json!("v"))
+        );
+        // Strings that are JSON themselves never become base64: "1234" and
+        // "true" decode as base64 too, and keep meaning what they meant.
+        assert_eq!(n(json!("1234")).as_deref(), Some("1234"));
+        assert_eq!(n(json!("true")).as_deref(), Some("true"));
+        // Base64 of something that is not JSON, or not base64 at all: nothing.
+        assert_eq!(n(json!(b64("not json"))), None);
+        assert_eq!(n(json!("abcd")), None);
+        assert_eq!(n(json!("{not json")).as_deref(), Some("{not json"));
     }
 }

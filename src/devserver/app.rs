@@ -6,6 +6,35 @@ use std::time::{Duration, Instant};
 
 use super::state::State;
 
+/// Which generation of the Flomation API the dev server plays
+/// (PROTOCOL.md §4–§8 for the current one, §9 for the older one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Generation {
+    /// POST poll with long-poll, `/logs` and `/status`, claims answered 409
+    /// for another runner's execution.
+    #[default]
+    Current,
+    /// The public release of March 2026: GET poll signed over the empty body,
+    /// no `/logs` and no `/status`, trigger data as base64, no long-poll.
+    March2026,
+}
+
+impl Generation {
+    /// The name on the command line (`--generation`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Generation::Current => "current",
+            Generation::March2026 => "2026-03",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Generation::Current, Generation::March2026]
+            .into_iter()
+            .find(|g| g.as_str() == name)
+    }
+}
+
 pub struct App {
     state: Mutex<State>,
     /// Signalled when work is enqueued (and on shutdown), waking long-polls.
@@ -13,6 +42,7 @@ pub struct App {
     pub registration_code: String,
     /// How long a poll waits for work before answering 204.
     pub long_poll: Duration,
+    pub generation: Generation,
     started: Instant,
     stopping: AtomicBool,
 }
@@ -24,9 +54,18 @@ impl App {
             work: Condvar::new(),
             registration_code: registration_code.into(),
             long_poll,
+            generation: Generation::Current,
             started: Instant::now(),
             stopping: AtomicBool::new(false),
         }
+    }
+
+    /// The same server playing `generation` of the API.
+    pub fn with_generation(mut self, generation: Generation) -> Self {
+        self.generation = generation;
+        // The state's copy shapes the poll answers it builds under its lock.
+        self.lock().generation = generation;
+        self
     }
 
     /// Locks the state. A handler that panicked while holding the lock

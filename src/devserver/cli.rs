@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::app::Generation;
 use super::client::Client;
 use super::server::{serve, ServeOptions};
 use super::tls::{self, TlsFiles};
@@ -19,7 +20,7 @@ flo-devserver: the Flomation dev control plane (the API side of the runner proto
 
 Usage:
   flo-devserver [serve] --registration-code CODE [--listen ADDR] [--long-poll-secs N] [--claim-lease-secs N]
-                        [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+                        [--generation current|2026-03] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
   flo-devserver enqueue [--server URL] --flow FILE [--trigger-data JSON|@FILE] [--entry NODE] [--environment ID]
   flo-devserver list    [--server URL] [--json]
   flo-devserver show    [--server URL] ID [--wait SECS]
@@ -40,6 +41,12 @@ Options:
   --long-poll-secs N         how long a poll waits for work before 204 (default 25; 0 = answer at once)
   --claim-lease-secs N       an allocation not claimed (POST /state) within N s goes back to the
                              queue, and a late claim gets 409 (default: off, allocations are final)
+  --generation NAME          the API generation to play: `current` (the default; PROTOCOL.md §4-§8)
+                             or `2026-03`, the public release of March 2026 (PROTOCOL.md §9): GET
+                             poll signed over the empty body, no long-poll, no /logs and no /status
+                             routes (gin's `404 page not found`), trigger data as a base64 string,
+                             registration of a known identifier 201 without checking the code,
+                             the manifest must be an object of action definitions
 
 TLS (all PEM files):
   --tls-cert FILE            serve HTTPS with this certificate chain (leaf first); its names
@@ -263,6 +270,7 @@ fn cmd_serve(args: &[String]) -> Result<i32, CliError> {
             "registration-code",
             "long-poll-secs",
             "claim-lease-secs",
+            "generation",
             "tls-cert",
             "tls-key",
             "tls-client-ca",
@@ -294,6 +302,14 @@ fn cmd_serve(args: &[String]) -> Result<i32, CliError> {
             ))
         })?)),
     };
+    let generation = match a.get("generation") {
+        None => Generation::Current,
+        Some(name) => Generation::parse(name).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--generation {name:?} is not a known API generation (current or 2026-03)"
+            ))
+        })?,
+    };
     let tls = match (a.get("tls-cert"), a.get("tls-key"), a.get("tls-client-ca")) {
         (Some(cert), Some(key), client_ca) => Some(TlsFiles {
             cert: PathBuf::from(cert),
@@ -319,6 +335,7 @@ fn cmd_serve(args: &[String]) -> Result<i32, CliError> {
         long_poll: Duration::from_secs(long_poll_secs),
         claim_lease,
         tls,
+        generation,
     };
     serve(&options).map_err(failed)?;
     Ok(0)

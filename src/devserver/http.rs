@@ -67,6 +67,8 @@ pub enum Reply {
     Empty(u16),
     /// A raw body sent as is (queued poll overrides).
     Raw(u16, String),
+    /// A `text/plain` body (what gin answers for a route it does not have).
+    Text(u16, String),
     /// `n` bytes of JSON-looking, never-valid text, generated while writing.
     Huge(u16, u64),
     /// No HTTP answer at all (fault injection).
@@ -77,7 +79,11 @@ impl Reply {
     /// The status for the request log; `None` when nothing was answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Reply::Json(s, _) | Reply::Empty(s) | Reply::Raw(s, _) | Reply::Huge(s, _) => Some(*s),
+            Reply::Json(s, _)
+            | Reply::Empty(s)
+            | Reply::Raw(s, _)
+            | Reply::Text(s, _)
+            | Reply::Huge(s, _) => Some(*s),
             Reply::Drop => None,
         }
     }
@@ -86,6 +92,12 @@ impl Reply {
 /// `{"error": why}` with `status`.
 pub fn error(status: u16, why: impl Into<String>) -> Reply {
     Reply::Json(status, json!({ "error": why.into() }))
+}
+
+/// What the older API (gin, PROTOCOL.md §9) answers for a path or method it
+/// has no route for, byte for byte.
+pub fn gin_not_found() -> Reply {
+    Reply::Text(404, "404 page not found".to_string())
 }
 
 /// Decodes `%XX` escapes; an invalid escape is kept literally, and bytes that

@@ -8,15 +8,21 @@
 //! - logs are accepted after completion (batches may arrive late);
 //! - a second result from the assignee is stored and answered 200, so a test
 //!   can see that a runner sent two (`results` in the admin view).
+//!
+//! With `--generation 2026-03` the routes play the older API (PROTOCOL.md
+//! §9): the poll is a GET, every signature is over the body (so a GET's over
+//! the empty body), `/logs` and `/status` and any wrong method are gin's
+//! `404 page not found`, a claim on another runner's execution is 403 (its
+//! signature verifies with the wrong key) and never 409.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::app::App;
+use super::app::{App, Generation};
 use super::auth::{parse_public_key, verify_hex};
 use super::faults::Action;
-use super::http::{error, Incoming, Reply};
+use super::http::{error, gin_not_found, Incoming, Reply};
 use super::state::{now_rfc3339, RequestRecord, Signer, State, Status};
 use crate::protocol::{ExecutionResult, LogBatch, RegistrationRequest, StateUpdate};
 
@@ -58,11 +64,17 @@ impl RunnerRoute {
         .find(|r| r.as_str() == name)
     }
 
-    fn method(self) -> &'static str {
-        match self {
-            RunnerRoute::Status => "GET",
+    fn method(self, generation: Generation) -> &'static str {
+        match (self, generation) {
+            (RunnerRoute::Status, _) | (RunnerRoute::Poll, Generation::March2026) => "GET",
             _ => "POST",
         }
+    }
+
+    /// Whether the generation has this route at all.
+    fn exists_in(self, generation: Generation) -> bool {
+        generation == Generation::Current
+            || !matches!(self, RunnerRoute::Logs | RunnerRoute::Status)
     }
 
     /// The route a path names, and its target (runner identifier or
@@ -104,15 +116,31 @@ pub fn handle(app: &App, inc: &Incoming) -> Reply {
     let seq = app.lock().next_request_seq();
     let at_ms = app.elapsed_ms();
     let recognised = RunnerRoute::recognise(&inc.segments());
+    let generation = app.generation;
     let (route_name, outcome) = match recognised {
+        // gin answers its text for a path it has no route for and, without
+        // HandleMethodNotAllowed, for a method it has no route for too.
+        None if generation == Generation::March2026 => {
+            ("unknown", Outcome::new(gin_not_found(), None))
+        }
+        Some((route, _))
+            if !route.exists_in(generation)
+                || (generation == Generation::March2026
+                    && route.method(generation) != inc.method) =>
+        {
+            (route.as_str(), Outcome::new(gin_not_found(), None))
+        }
         None => (
             "unknown",
             Outcome::new(error(404, format!("no route for {}", inc.path)), None),
         ),
-        Some((route, _)) if route.method() != inc.method => (
+        Some((route, _)) if route.method(generation) != inc.method => (
             route.as_str(),
             Outcome::new(
-                error(405, format!("{} wants {}", inc.path, route.method())),
+                error(
+                    405,
+                    format!("{} wants {}", inc.path, route.method(generation)),
+                ),
                 None,
             ),
         ),
@@ -170,7 +198,8 @@ fn handle_route(app: &App, inc: &Incoming, route: RunnerRoute, target: &str) -> 
         }
         lose_answer = action == Action::LoseAnswer;
         if action != Action::Proceed && !lose_answer {
-            let signature_valid = signature_validity(&app.lock(), route, target, inc);
+            let signature_valid =
+                signature_validity(&app.lock(), app.generation, route, target, inc);
             let reply = match action {
                 Action::Error(status) => {
                     error(status, format!("injected fault on {}", route.as_str()))
@@ -206,6 +235,7 @@ fn handle_route(app: &App, inc: &Incoming, route: RunnerRoute, target: &str) -> 
 /// a faulted request (the handlers work it out themselves otherwise).
 fn signature_validity(
     st: &State,
+    generation: Generation,
     route: RunnerRoute,
     target: &str,
     inc: &Incoming,
@@ -218,7 +248,7 @@ fn signature_validity(
                 .is_some_and(|r| verify_hex(&r.key, &inc.body, sig)),
         ),
         _ => {
-            let message = signed_message(route, target, inc);
+            let message = signed_message(generation, route, target, inc);
             Some(
                 st.execution(target)
                     .is_some_and(|e| st.signer(e, message, sig) == Signer::Assignee),
@@ -227,9 +257,15 @@ fn signature_validity(
     }
 }
 
-/// The status route signs the execution id; every POST signs its body.
-fn signed_message<'a>(route: RunnerRoute, target: &'a str, inc: &'a Incoming) -> &'a [u8] {
-    if route == RunnerRoute::Status {
+/// The status route signs the execution id; every POST signs its body. The
+/// older generation signs the body of every request, a GET's empty one too.
+fn signed_message<'a>(
+    generation: Generation,
+    route: RunnerRoute,
+    target: &'a str,
+    inc: &'a Incoming,
+) -> &'a [u8] {
+    if route == RunnerRoute::Status && generation == Generation::Current {
         target.as_bytes()
     } else {
         &inc.body
@@ -245,6 +281,19 @@ fn register(app: &App, inc: &Incoming) -> Outcome {
         Ok(r) => r,
         Err(why) => return Outcome::new(error(400, why), None),
     };
+    if app.generation == Generation::March2026 {
+        // The older API binds the manifest into a map of action definitions.
+        if let Err(why) = manifest_of_actions(&request.manifest) {
+            return Outcome::new(error(400, why), None);
+        }
+        // ... and answers a known identifier before it looks at the code.
+        let known = app
+            .lock()
+            .touch_registration(&request.identifier, &now_rfc3339());
+        if let Some(record) = known {
+            return Outcome::new(Reply::Json(201, record), None);
+        }
+    }
     if request.registration_code != app.registration_code {
         return Outcome::new(error(404, "registration code not recognised"), None);
     }
@@ -261,6 +310,35 @@ fn register(app: &App, inc: &Incoming) -> Outcome {
     };
     let (new, record) = app.lock().register(request, key, pem, &now_rfc3339());
     Outcome::new(Reply::Json(if new { 200 } else { 201 }, record), None)
+}
+
+/// The older API's rule for a manifest: a JSON object whose values are
+/// objects (action definitions).
+fn manifest_of_actions(manifest: &Value) -> Result<(), String> {
+    let Some(actions) = manifest.as_object() else {
+        return Err(format!(
+            "manifest must be an object of action definitions, not {}",
+            json_kind(manifest)
+        ));
+    };
+    match actions.iter().find(|(_, v)| !v.is_object()) {
+        Some((name, v)) => Err(format!(
+            "manifest action {name:?} must be an object, not {}",
+            json_kind(v)
+        )),
+        None => Ok(()),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn poll(app: &App, inc: &Incoming, identifier: &str) -> Outcome {
@@ -283,6 +361,13 @@ fn poll(app: &App, inc: &Incoming, identifier: &str) -> Outcome {
     st.touch_runner(identifier, &now_rfc3339());
     if let Some(forced) = st.poll_overrides.pop_front() {
         return Outcome::new(forced.reply(), Some(true));
+    }
+    if app.generation == Generation::March2026 {
+        // A GET with no body, and no long-poll: work now or 204 now.
+        return match st.allocate(identifier) {
+            Some(pending) => Outcome::new(Reply::Json(200, pending), Some(true)),
+            None => Outcome::new(Reply::Empty(204), Some(true)),
+        };
     }
     let requested_at = inc.json().and_then(|v| match v.get("requested_at") {
         Some(Value::String(_)) => Ok(()),
@@ -310,7 +395,13 @@ fn poll(app: &App, inc: &Incoming, identifier: &str) -> Outcome {
 }
 
 /// Authenticates a request on an execution route. `Err` is the answer.
-fn gate(st: &State, route: RunnerRoute, id: &str, inc: &Incoming) -> Result<(), Outcome> {
+fn gate(
+    st: &State,
+    generation: Generation,
+    route: RunnerRoute,
+    id: &str,
+    inc: &Incoming,
+) -> Result<(), Outcome> {
     let Some(execution) = st.execution(id) else {
         return Err(Outcome::new(
             error(404, format!("execution {id:?} not found")),
@@ -319,10 +410,18 @@ fn gate(st: &State, route: RunnerRoute, id: &str, inc: &Incoming) -> Result<(), 
     };
     match st.signer(
         execution,
-        signed_message(route, id, inc),
+        signed_message(generation, route, id, inc),
         inc.signature.as_deref(),
     ) {
         Signer::Assignee => Ok(()),
+        // The older API only tries the assignee's key.
+        Signer::OtherRunner(_) if generation == Generation::March2026 => Err(Outcome::new(
+            error(
+                403,
+                format!("signature does not verify for execution {id:?}"),
+            ),
+            Some(false),
+        )),
         Signer::OtherRunner(who) => Err(Outcome::new(
             error(
                 409,
@@ -346,16 +445,34 @@ fn parse_body<T: serde::de::DeserializeOwned>(inc: &Incoming, what: &str) -> Res
         .map_err(|why| Outcome::new(error(400, why), Some(true)))
 }
 
+/// The execution states the older API's state route accepts (an enum; the
+/// dev server's reading of it).
+const STATE_VALUES_2026_03: [&str; 4] = ["created", "allocated", "running", "completed"];
+
 fn claim(app: &App, inc: &Incoming, id: &str) -> Outcome {
     let mut st = app.lock();
     if let Some(e) = st.execution_mut(id) {
         e.state_posts += 1;
     }
-    if let Err(o) = gate(&st, RunnerRoute::State, id, inc) {
+    if let Err(o) = gate(&st, app.generation, RunnerRoute::State, id, inc) {
         return o;
     }
-    if let Err(o) = parse_body::<StateUpdate>(inc, "state update") {
-        return o;
+    let update = match parse_body::<StateUpdate>(inc, "state update") {
+        Ok(u) => u,
+        Err(o) => return o,
+    };
+    let older = app.generation == Generation::March2026;
+    if older && !STATE_VALUES_2026_03.contains(&update.state.as_str()) {
+        return Outcome::new(
+            error(
+                400,
+                format!(
+                    "state {:?} is not one of {STATE_VALUES_2026_03:?}",
+                    update.state
+                ),
+            ),
+            Some(true),
+        );
     }
     let Some(e) = st.execution_mut(id) else {
         return Outcome::new(
@@ -363,7 +480,7 @@ fn claim(app: &App, inc: &Incoming, id: &str) -> Outcome {
             Some(true),
         );
     };
-    if e.status == Status::Completed {
+    if e.status == Status::Completed && !older {
         return Outcome::new(
             error(409, format!("execution {id:?} is already completed")),
             Some(true),
@@ -384,7 +501,7 @@ fn claim(app: &App, inc: &Incoming, id: &str) -> Outcome {
 
 fn logs(app: &App, inc: &Incoming, id: &str) -> Outcome {
     let mut st = app.lock();
-    if let Err(o) = gate(&st, RunnerRoute::Logs, id, inc) {
+    if let Err(o) = gate(&st, app.generation, RunnerRoute::Logs, id, inc) {
         return o;
     }
     let batch = match parse_body::<LogBatch>(inc, "log batch") {
@@ -405,7 +522,7 @@ fn logs(app: &App, inc: &Incoming, id: &str) -> Outcome {
 
 fn status(app: &App, inc: &Incoming, id: &str) -> Outcome {
     let st = app.lock();
-    if let Err(o) = gate(&st, RunnerRoute::Status, id, inc) {
+    if let Err(o) = gate(&st, app.generation, RunnerRoute::Status, id, inc) {
         return o;
     }
     let completion = st
@@ -420,15 +537,22 @@ fn status(app: &App, inc: &Incoming, id: &str) -> Outcome {
 
 fn result(app: &App, inc: &Incoming, id: &str) -> Outcome {
     let mut st = app.lock();
-    if let Err(o) = gate(&st, RunnerRoute::Result, id, inc) {
+    if let Err(o) = gate(&st, app.generation, RunnerRoute::Result, id, inc) {
         return o;
     }
     let parsed = match parse_body::<ExecutionResult>(inc, "result") {
         Ok(r) => r,
         Err(o) => return o,
     };
-    // Kept exactly as received: tests compare what the runner sent.
-    let raw: Value = serde_json::from_slice(&inc.body).unwrap_or(Value::Null);
+    // Kept exactly as received: tests compare what the runner sent. The
+    // older API keeps only these two fields.
+    let raw: Value = match app.generation {
+        Generation::Current => serde_json::from_slice(&inc.body).unwrap_or(Value::Null),
+        Generation::March2026 => {
+            json!({"has_errored": parsed.has_errored, "state": parsed.state})
+        }
+    };
+    let cancelled = parsed.cancelled && app.generation == Generation::Current;
     let Some(e) = st.execution_mut(id) else {
         return Outcome::new(
             error(404, format!("execution {id:?} not found")),
@@ -440,7 +564,7 @@ fn result(app: &App, inc: &Incoming, id: &str) -> Outcome {
     }
     e.results.push(raw);
     e.status = Status::Completed;
-    e.completion_status = if parsed.cancelled {
+    e.completion_status = if cancelled {
         "cancelled"
     } else if parsed.has_errored {
         "failed"
@@ -482,6 +606,115 @@ mod tests {
             assert_eq!(RunnerRoute::parse(route.as_str()), Some(route));
         }
         assert_eq!(RunnerRoute::recognise(&segs("/api/v1/other")), None);
+    }
+
+    #[test]
+    fn the_2026_03_generation_polls_by_get_and_has_no_logs_or_status() {
+        use crate::signing::Signer;
+        use rsa::pkcs8::{EncodePublicKey, LineEnding};
+
+        let app = App::new("code", Duration::ZERO).with_generation(Generation::March2026);
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+        let pem = key
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let sign = |m: &[u8]| Signer::new(&key).sign_hex(m).unwrap();
+        let call = |method: &str, path: &str, sig: Option<&str>, body: &[u8]| {
+            handle(&app, &Incoming::new(method, path, sig, body))
+        };
+        let registration = |code: &str, manifest: Value| {
+            json!({"identifier": "abc", "registration_code": code,
+                   "public_key": pem, "manifest": manifest})
+            .to_string()
+        };
+        let actions = json!({"print": {"name": "print"}});
+        for bad in [json!({"actions": []}), json!([]), json!(null)] {
+            let body = registration("code", bad);
+            assert_eq!(
+                call("POST", "/api/v1/runner", None, body.as_bytes()).status(),
+                Some(400)
+            );
+        }
+        let body = registration("code", actions.clone());
+        assert_eq!(
+            call("POST", "/api/v1/runner", None, body.as_bytes()).status(),
+            Some(200)
+        );
+        // A known identifier: 201 whatever the code.
+        let body = registration("wrong", actions);
+        assert_eq!(
+            call("POST", "/api/v1/runner", None, body.as_bytes()).status(),
+            Some(201)
+        );
+
+        let poll = "/api/v1/runner/abc/execution";
+        let post_body = br#"{"requested_at":"2026-03-01T00:00:00Z"}"#;
+        assert_eq!(
+            call("POST", poll, Some(&sign(post_body)), post_body),
+            gin_not_found()
+        );
+        assert_eq!(
+            call("GET", poll, Some(&sign(b"abc")), b"").status(),
+            Some(403)
+        );
+        assert_eq!(call("GET", poll, Some(&sign(b"")), b"").status(), Some(204));
+
+        let spec = serde_json::from_value(json!({"flow": {"nodes": []},
+            "execution_id": "e1", "trigger_data": {"k": "v"}, "entry_node_id": "n"}))
+        .unwrap();
+        app.lock().enqueue(spec, "t").unwrap();
+        let Reply::Json(200, pending) = call("GET", poll, Some(&sign(b"")), b"") else {
+            panic!("no work handed out");
+        };
+        let e = &pending["execution"];
+        assert_eq!(e["execution_status"], "created");
+        assert_eq!(e["sequence"], 0);
+        assert!(e.get("entry_node_id").is_none() && e.get("trigger_type").is_none());
+        let data = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            e["data"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&data).unwrap(),
+            json!({"k": "v"})
+        );
+
+        let lines = br#"{"lines":["a"]}"#;
+        let logs = "/api/v1/execution/e1/logs";
+        assert_eq!(
+            call("POST", logs, Some(&sign(lines)), lines),
+            gin_not_found()
+        );
+        let status = "/api/v1/execution/e1/status";
+        assert_eq!(call("GET", status, Some(&sign(b"")), b""), gin_not_found());
+        // A GET signed over the id is refused; a claim with a value outside
+        // the enum is 400; a claim signed over the body is 200.
+        let claim = br#"{"state":"running"}"#;
+        let state = "/api/v1/execution/e1/state";
+        let odd = br#"{"state":"sideways"}"#;
+        assert_eq!(
+            call("POST", state, Some(&sign(odd)), odd).status(),
+            Some(400)
+        );
+        assert_eq!(
+            call("POST", state, Some(&sign(claim)), claim).status(),
+            Some(200)
+        );
+        let result = br#"{"has_errored":true,"cancelled":true,"state":{"x":1}}"#;
+        let path = "/api/v1/execution/e1";
+        assert_eq!(
+            call("POST", path, Some(&sign(result)), result).status(),
+            Some(200)
+        );
+        let st = app.lock();
+        let kept = st.execution("e1").unwrap();
+        assert_eq!(
+            kept.results,
+            [json!({"has_errored": true, "state": {"x": 1}})]
+        );
+        assert_eq!(kept.completion_status, "failed");
     }
 
     #[test]

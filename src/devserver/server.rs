@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Header, Request, Response, Server, StatusCode};
 
-use super::app::App;
+use super::app::{App, Generation};
 use super::http::{error, Incoming, Reply, MAX_BODY_BYTES};
 use super::tls::{self, Relays, TlsError, TlsFiles};
 use crate::protocol::SIGNATURE_HEADER;
@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub claim_lease: Option<Duration>,
     /// Serve HTTPS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The API generation to play.
+    pub generation: Generation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,10 +127,10 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
         scheme,
         relays,
     } = bind(options)?;
-    let app = Arc::new(App::new(
-        options.registration_code.clone(),
-        options.long_poll,
-    ));
+    let app = Arc::new(
+        App::new(options.registration_code.clone(), options.long_poll)
+            .with_generation(options.generation),
+    );
     app.lock().claim_lease = options.claim_lease;
     {
         let app = Arc::clone(&app);
@@ -139,10 +141,15 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
     writeln!(stdout, "flo-devserver listening on {scheme}://{addr}").map_err(ServeError::Stdout)?;
     stdout.flush().map_err(ServeError::Stdout)?;
     drop(stdout);
-    log::info!(
-        "long-poll {} s; admin API at {scheme}://{addr}/admin",
-        options.long_poll.as_secs()
-    );
+    match options.generation {
+        Generation::Current => log::info!(
+            "API generation current; long-poll {} s; admin API at {scheme}://{addr}/admin",
+            options.long_poll.as_secs()
+        ),
+        Generation::March2026 => log::info!(
+            "API generation 2026-03 (GET poll, no /logs, no /status, no long-poll); admin API at {scheme}://{addr}/admin"
+        ),
+    }
 
     let in_flight = Arc::new(AtomicUsize::new(0));
     while !app.is_stopping() {
@@ -293,6 +300,13 @@ fn write_reply(request: Request, reply: Reply) -> io::Result<()> {
         Reply::Empty(status) => request.respond(Response::empty(status)),
         Reply::Raw(status, body) => {
             request.respond(with_json(Response::from_string(body)).with_status_code(status))
+        }
+        Reply::Text(status, body) => {
+            let mut response = Response::from_string(body).with_status_code(status);
+            if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], &b"text/plain"[..]) {
+                response.add_header(h);
+            }
+            request.respond(response)
         }
         Reply::Huge(status, n) => {
             let len = usize::try_from(n).unwrap_or(usize::MAX);

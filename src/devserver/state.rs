@@ -8,6 +8,9 @@ use rsa::RsaPublicKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use base64::Engine as _;
+
+use super::app::Generation;
 use super::auth::verify_hex;
 use super::faults::Faults;
 use super::http::Reply;
@@ -142,8 +145,11 @@ pub struct Execution {
 }
 
 impl Execution {
-    /// The `200` poll answer (PROTOCOL.md §4).
-    pub fn pending_json(&self, runner_record_id: Option<&str>) -> Value {
+    /// The `200` poll answer (PROTOCOL.md §4; §9 for the older generation).
+    pub fn pending_json(&self, runner_record_id: Option<&str>, generation: Generation) -> Value {
+        if generation == Generation::March2026 {
+            return self.pending_json_2026_03(runner_record_id);
+        }
         let s = &self.spec;
         json!({
             "flo": {
@@ -183,6 +189,61 @@ impl Execution {
                 "author_email": s.author_email,
                 "triggerer_email": s.triggerer_email,
                 "entry_node_id": s.entry_node_id,
+            },
+            "data": s.flow,
+        })
+    }
+
+    /// The older generation's poll answer (PROTOCOL.md §9): "created" and
+    /// sequence 0, the trigger data as a base64 string of its JSON bytes (a
+    /// JSONB column scanned into an interface, which Go marshals as bytes),
+    /// extra fields, and no system prompt, system flow, trigger type, e-mails
+    /// or entry node.
+    fn pending_json_2026_03(&self, runner_record_id: Option<&str>) -> Value {
+        let s = &self.spec;
+        let data = match &s.trigger_data {
+            Value::Null => Value::Null,
+            other => Value::String(
+                base64::engine::general_purpose::STANDARD.encode(other.to_string().as_bytes()),
+            ),
+        };
+        json!({
+            "flo": {
+                "id": self.flo_id,
+                "name": s.name,
+                "organisation_id": s.organisation_id,
+                "author_id": s.owner_id,
+                "created_at": null,
+                "scale": 1,
+                "x": 0,
+                "y": 0,
+                "execution_count": 0,
+                "last_run": null,
+                "duration": null,
+                "duration_additional": null,
+                "last_execution": null,
+                "environment_id": s.environment_id,
+                "environment_name": null,
+                "triggers": [],
+            },
+            "execution": {
+                "id": self.id,
+                "flo_id": self.flo_id,
+                "name": s.name,
+                "owner_id": s.owner_id,
+                "organisation_id": s.organisation_id,
+                "created_at": self.created_at,
+                "updated_at": null,
+                "completed_at": null,
+                "triggered_by": null,
+                "execution_status": "created",
+                "completion_status": self.completion_status,
+                "sequence": 0,
+                "data": data,
+                "runner_id": runner_record_id,
+                "result": null,
+                "duration": null,
+                "billing_duration": null,
             },
             "data": s.flow,
         })
@@ -289,6 +350,8 @@ pub struct State {
     /// Allocations not claimed within this go back to the queue.
     pub claim_lease: Option<std::time::Duration>,
     pub faults: Faults,
+    /// Shapes the poll answers (see `App::with_generation`).
+    pub generation: Generation,
     requests: VecDeque<RequestRecord>,
     next_request_seq: u64,
 }
@@ -326,6 +389,15 @@ impl State {
                 (true, record)
             }
         }
+    }
+
+    /// The older generation's answer to a known identifier registering
+    /// again: its contact time only, nothing from the request (PROTOCOL.md §9).
+    pub fn touch_registration(&mut self, identifier: &str, now: &str) -> Option<Value> {
+        let runner = self.runners.get_mut(identifier)?;
+        runner.last_contact_at = now.to_string();
+        runner.registration_count += 1;
+        Some(runner.record_json())
     }
 
     pub fn runner(&self, identifier: &str) -> Option<&Runner> {
@@ -384,7 +456,7 @@ impl State {
         execution.status = Status::Allocated;
         execution.runner = Some(runner.to_string());
         execution.allocated_at = Some(std::time::Instant::now());
-        Some(execution.pending_json(record_id.as_deref()))
+        Some(execution.pending_json(record_id.as_deref(), self.generation))
     }
 
     /// With a claim lease, puts allocations nobody claimed in time back at
