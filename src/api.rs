@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::identity::Identity;
 use crate::ids::ExecutionId;
@@ -425,31 +424,25 @@ impl Api {
         if resp.status() == 204 {
             return Ok(PollAnswer::NoWork);
         }
-        // Streamed: invalid JSON fails at its first bad byte, and a body past
-        // the cap is cut off, so a hostile answer cannot balloon memory.
-        let reader = BufReader::new(resp.into_reader().take(MAX_POLL_BODY));
-        let mut reader = reader;
-        let parsed = serde_json::from_reader(&mut reader);
-        // Read to the end so the connection goes back to the pool.
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        let value: Value = match parsed {
-            Ok(v) => v,
-            Err(e) => {
-                return Ok(PollAnswer::Malformed {
-                    execution_id: None,
-                    why: format!("not JSON (or over {MAX_POLL_BODY} bytes): {e}"),
-                })
-            }
-        };
-        let execution_id = value
-            .get("execution")
-            .and_then(|e| e.get("id"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        match serde_json::from_value::<PendingExecution>(value) {
+        // Read whole (up to the cap) and parsed into the typed answer, whose
+        // flow definition and trigger data stay raw bytes: memory is about
+        // the answer's size, never a tree of it.
+        let mut body = Vec::new();
+        let mut reader = resp.into_reader().take(MAX_POLL_BODY + 1);
+        if let Err(e) = reader.read_to_end(&mut body) {
+            return Err(ApiError::Transport(format!("reading the poll answer: {e}")));
+        }
+        if body.len() as u64 > MAX_POLL_BODY {
+            // Not read to the end: the connection is dropped, not reused.
+            return Ok(PollAnswer::Malformed {
+                execution_id: None,
+                why: format!("the answer is over {MAX_POLL_BODY} bytes"),
+            });
+        }
+        match serde_json::from_slice::<PendingExecution>(&body) {
             Ok(p) => Ok(PollAnswer::Work(Box::new(p))),
             Err(e) => Ok(PollAnswer::Malformed {
-                execution_id,
+                execution_id: execution_id_of(&body),
                 why: format!("not a pending execution: {e}"),
             }),
         }
@@ -588,6 +581,22 @@ impl Api {
         let started = Instant::now();
         timed(route, started, req.send_bytes(body))
     }
+}
+
+/// The execution id of an answer that is not a whole pending execution,
+/// so it can still be reported; the rest of the answer is skipped unparsed.
+fn execution_id_of(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        execution: Id,
+    }
+    serde_json::from_slice::<Answer>(body)
+        .ok()
+        .map(|a| a.execution.id)
 }
 
 /// Runs one request, recording its route, status and latency in the metrics.

@@ -16,6 +16,8 @@ pub const DEFAULT_NAME: &str = "Flo Runner";
 pub const DEFAULT_CERTIFICATE: &str = "flomation-runner.pem";
 pub const DEFAULT_EXECUTABLE: &str = "flomation-executor";
 pub const DEFAULT_EXECUTION_DIRECTORY: &str = "./executions";
+/// `state.json` over this is not read: an errored result says why.
+pub const DEFAULT_MAX_STATE_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -91,6 +93,8 @@ pub struct ExecutionConfig {
     pub log_batch_lines: usize,
     pub log_flush: Duration,
     pub max_output_file_bytes: u64,
+    /// Cap on the `state.json` the executor leaves (read into the result).
+    pub max_state_bytes: u64,
     /// Finished execution directories older than this are removed (`None`: kept).
     pub retention: Option<Duration>,
     /// Finished execution directories are removed, oldest first, while they
@@ -155,6 +159,7 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("execution", "log_batch_lines"),
     ("execution", "log_flush_ms"),
     ("execution", "max_output_file_bytes"),
+    ("execution", "max_state_bytes"),
     ("execution", "retention_hours"),
     ("execution", "retention_max_bytes"),
     ("tls", "enabled"),
@@ -396,6 +401,13 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             &["FLOMATION_RUNNER_MAX_OUTPUT_FILE_BYTES"],
         )?
         .unwrap_or(104_857_600);
+    let max_state_bytes = src
+        .uint(
+            "execution",
+            "max_state_bytes",
+            &["FLOMATION_RUNNER_MAX_STATE_BYTES"],
+        )?
+        .unwrap_or(DEFAULT_MAX_STATE_BYTES);
 
     let retention_hours = src
         .uint(
@@ -458,6 +470,7 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             log_batch_lines: usize::try_from(log_batch_lines).unwrap_or(usize::MAX),
             log_flush: Duration::from_millis(log_flush_ms),
             max_output_file_bytes,
+            max_state_bytes,
             retention: (retention_hours > 0)
                 .then(|| Duration::from_secs(retention_hours.saturating_mul(3600))),
             retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),

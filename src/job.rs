@@ -12,7 +12,7 @@ use crate::executor;
 use crate::identity::Identity;
 use crate::ids::ExecutionId;
 use crate::journal::{self, Record};
-use crate::ledger::{Ledger, Open};
+use crate::ledger::{BeginError, Ledger, Open};
 use crate::logship::LogShipper;
 use crate::output::{LogTail, Output, OutputFile};
 use crate::report;
@@ -26,7 +26,6 @@ pub const CLAIM_LIMIT: Duration = Duration::from_secs(60);
 const BEGIN_RETRY: Duration = Duration::from_secs(2);
 /// How long to wait for a log batch in flight before taking the rest.
 const LOG_FINISH_LIMIT: Duration = Duration::from_secs(20);
-pub const OUTPUT_FILE: &str = "output.log";
 
 /// Everything a worker needs, shared by all workers.
 pub struct Context {
@@ -119,10 +118,7 @@ fn run(ctx: &Context, job: &Job) {
 
     let sink = Arc::new(Mutex::new(Sink {
         tail: LogTail::new(ctx.config.execution.max_log_bytes),
-        file: OutputFile::new(
-            &ws.dir.join(OUTPUT_FILE),
-            ctx.config.execution.max_output_file_bytes,
-        ),
+        file: OutputFile::new(ws.fd.clone(), ctx.config.execution.max_output_file_bytes),
     }));
     ctx.shipper.open(id);
     let outcome = {
@@ -163,34 +159,42 @@ fn run(ctx: &Context, job: &Job) {
         );
         s.tail.render()
     };
-    let result = report::build(&ws.dir, &outcome.status, outcome.stopped, logs);
+    let result = report::build(
+        &ws.fd,
+        &outcome.status,
+        outcome.stopped,
+        logs,
+        ctx.config.execution.max_state_bytes,
+    );
     crate::metrics::global().execution_finished(match outcome.stopped {
         Some(crate::cancel::StopReason::TimedOut(_)) => "timed_out",
         Some(_) => "cancelled",
         None if result.has_errored => "errored",
         None => "success",
     });
-    open.settle(&ctx.api, &unsent, &result, Some(&ws.dir));
+    open.settle(&ctx.api, &unsent, &result, Some(&ws.fd));
 }
 
 /// Step 1 of the ledger. While the state directory cannot be written the
 /// execution waits here, unclaimed (the poller takes no more work meanwhile),
 /// and goes ahead once it can; at shutdown it is left to the API unclaimed.
 fn begin<'a>(ctx: &'a Context, record: Record) -> Option<Open<'a>> {
+    let id = &record.execution_id;
     loop {
         match ctx.ledger.begin(record.clone()) {
             Ok(open) => return Some(open),
+            Err(e @ BeginError::AlreadyLive) => {
+                log::warn!("execution {id}: {e}");
+                return None;
+            }
             Err(e) => {
-                let id = &record.execution_id;
                 if ctx.shutdown.is_requested() {
                     log::error!(
-                        "execution {id}: not claimed and not run: its journal entry cannot be written ({e}); the API still has it allocated to this runner"
+                        "execution {id}: not claimed and not run: {e}; the API still has it allocated to this runner"
                     );
                     return None;
                 }
-                log::warn!(
-                    "execution {id}: waiting to claim it until its journal entry can be written ({e})"
-                );
+                log::warn!("execution {id}: waiting to claim it: {e}");
                 if ctx.shutdown.sleep(BEGIN_RETRY) {
                     continue;
                 }

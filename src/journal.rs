@@ -144,8 +144,18 @@ impl Journal {
 
     /// Records that `record`'s execution is running, durably: when this
     /// returns `Ok`, a crash of the host cannot lose the entry.
+    /// An execution that is live already (running here, or its result not
+    /// yet acknowledged: the same id handed out twice) is refused with
+    /// `AlreadyExists`, under the same lock as the insert, so two workers
+    /// can never both begin it.
     pub fn record(&self, record: &Record) -> io::Result<()> {
         let mut inner = self.lock();
+        if inner.live.contains_key(&record.execution_id) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("execution {} is already live here", record.execution_id),
+            ));
+        }
         inner
             .live
             .insert(record.execution_id.clone(), record.clone());
@@ -437,6 +447,18 @@ mod tests {
         drop(inner);
         drop(j);
         assert_eq!(Journal::open(dir.path()).unwrap().leftovers().len(), 160);
+    }
+
+    #[test]
+    fn a_live_execution_cannot_begin_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let r = test_record("a", dir.path());
+        j.record(&r).unwrap();
+        let e = j.record(&r).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        j.done(&ExecutionId::parse("a").unwrap()).unwrap();
+        j.record(&r).unwrap();
     }
 
     #[test]

@@ -24,16 +24,28 @@
 //! - `done`: nothing to do; a leftover outbox file is asked about and dropped.
 
 use std::io;
-use std::path::Path;
 
 use crate::api::Api;
-use crate::fsutil;
+use crate::flowdir::FlowDir;
 use crate::ids::ExecutionId;
 use crate::journal::{self, Journal, Record};
 use crate::outbox::{Durability, Outbox};
 use crate::protocol::ExecutionResult;
 use crate::report::RESULT_FILE;
 use crate::statedir::StateDir;
+
+/// Why an execution cannot begin.
+#[derive(Debug, thiserror::Error)]
+pub enum BeginError {
+    /// The same execution is running here (or its result is not yet
+    /// acknowledged): the API handed it out twice. Never run twice.
+    #[error(
+        "it is already running on this runner (the API handed it out twice); not running it again"
+    )]
+    AlreadyLive,
+    #[error("its journal entry cannot be written: {0}")]
+    Unwritable(#[source] io::Error),
+}
 
 #[derive(Clone)]
 pub struct Ledger {
@@ -73,15 +85,18 @@ impl Ledger {
 
     /// Step 1: the journal's `start` line, durable. Only once this returns
     /// `Ok` may the execution be claimed.
-    pub fn begin(&self, record: Record) -> io::Result<Open<'_>> {
+    pub fn begin(&self, record: Record) -> Result<Open<'_>, BeginError> {
+        if self.journal.is_live(&record.execution_id) {
+            return Err(BeginError::AlreadyLive);
+        }
         // The journal file is open already, so its append may succeed where
         // nothing else would (no permission, no space): check first.
         if !self.state.check() {
-            return Err(io::Error::other(
+            return Err(BeginError::Unwritable(io::Error::other(
                 self.state
                     .problem()
                     .unwrap_or_else(|| "the state directory cannot be written".into()),
-            ));
+            )));
         }
         match self.journal.record(&record) {
             Ok(()) => {
@@ -91,9 +106,10 @@ impl Ledger {
                     record,
                 })
             }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(BeginError::AlreadyLive),
             Err(e) => {
                 self.state.write_failed("journal", &e);
-                Err(e)
+                Err(BeginError::Unwritable(e))
             }
         }
     }
@@ -110,7 +126,7 @@ impl Ledger {
         id: &ExecutionId,
         unsent_lines: &[String],
         result: &ExecutionResult,
-        dir: Option<&Path>,
+        dir: Option<&FlowDir>,
     ) {
         let body = match serde_json::to_vec(result) {
             Ok(b) => b,
@@ -127,7 +143,7 @@ impl Ledger {
         // A copy for operators, never a link: the outbox file must not be
         // reachable (or writable) from the execution directory.
         if let Some(dir) = dir {
-            if let Err(e) = fsutil::replace(&dir.join(RESULT_FILE), &body, fsutil::FILE_MODE) {
+            if let Err(e) = dir.replace(RESULT_FILE, &body) {
                 log::warn!("execution {id}: cannot keep a copy of the result: {e}");
             }
         }
@@ -172,7 +188,7 @@ impl Open<'_> {
         api: &Api,
         unsent_lines: &[String],
         result: &ExecutionResult,
-        dir: Option<&Path>,
+        dir: Option<&FlowDir>,
     ) {
         let Ok(id) = ExecutionId::parse(&self.record.execution_id) else {
             return;

@@ -14,6 +14,7 @@ pub mod config;
 pub mod devserver;
 pub mod executor;
 pub mod failpoint;
+pub mod flowdir;
 pub mod fsutil;
 pub mod health;
 pub mod identity;

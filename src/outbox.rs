@@ -86,6 +86,8 @@ struct Entry {
     /// An earlier attempt may have reached the API.
     uncertain: bool,
     status_misses: u32,
+    /// This result replaces one the API refused for good.
+    replacement: bool,
 }
 
 struct Shared {
@@ -385,11 +387,69 @@ impl Outbox {
                 }
                 self.retry_later(seq, &id, kind.as_str(), Some(&e))
             }
+            Err(e) if kind == Kind::Result && self.replace_refused(seq, &id, &stored, &e) => {
+                // The small errored result in its place goes out now.
+                self.attempt(api, seq)
+            }
             Err(e) => {
                 self.bury(seq, &stored, &id, kind, &e);
                 Attempt::Dead
             }
         }
+    }
+
+    /// The API refused a result for good because of its body (413: too
+    /// large; 400, 422: unreadable to it):
+    /// the original goes to `dead/` for the operator, and a small errored
+    /// result with the API's answer takes its place, so the execution does
+    /// not stay "running". Only once per execution: returns `false` if this
+    /// already was the replacement.
+    fn replace_refused(&self, seq: u64, id: &ExecutionId, stored: &Stored, e: &ApiError) -> bool {
+        // Only refusals of the body itself: a smaller one may be taken. A
+        // 403/404/409 is about the execution (not ours, unknown, already
+        // complete), and a second result would not help.
+        if !matches!(e.status(), Some(400 | 413 | 422)) {
+            return false;
+        }
+        if self.lock().get(&seq).is_none_or(|entry| entry.replacement) {
+            return false;
+        }
+        let why = format!(
+            "the API refused this execution's result ({e}); this smaller result replaces it, and the runner kept the original in {}/{DEAD_DIR}/",
+            self.shared.dir.display()
+        );
+        log::error!("execution {id}: {why}");
+        let body = match serde_json::to_vec(&crate::report::errored(&why, "")) {
+            Ok(b) => b,
+            Err(_) => return false,
+        };
+        let replacement = match stored {
+            Stored::File(path) => {
+                move_aside(&self.shared.dir.join(DEAD_DIR), path, &e.to_string());
+                match fsutil::write_synced(path, &body, fsutil::FILE_MODE)
+                    .and_then(|()| fsutil::sync_dir(&self.shared.dir))
+                {
+                    Ok(()) => Stored::File(path.clone()),
+                    Err(err) => {
+                        self.shared.state.write_failed("outbox", &err);
+                        crate::metrics::global()
+                            .results_in_memory
+                            .fetch_add(1, Ordering::Relaxed);
+                        Stored::Memory(Arc::new(body))
+                    }
+                }
+            }
+            Stored::Memory(_) => Stored::Memory(Arc::new(body)),
+        };
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(&seq) else {
+            return false;
+        };
+        entry.stored = replacement;
+        entry.replacement = true;
+        // Refused means not stored: nothing to ask about.
+        entry.uncertain = false;
+        true
     }
 
     /// Asks the status route whether the API already has `id`'s result.
@@ -599,6 +659,7 @@ impl Entry {
             sending: false,
             uncertain,
             status_misses: 0,
+            replacement: false,
         }
     }
 }

@@ -4,7 +4,12 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::flowdir::FlowDir;
+
+/// The executor's output, as lines, in its execution directory.
+pub const OUTPUT_FILE: &str = "output.log";
 
 /// Longest line kept; the rest of a longer line is cut with a marker, so one
 /// endless line never stalls the reader or grows memory.
@@ -156,7 +161,7 @@ impl LogTail {
 /// no inode (creating one is the dearest thing the runner does on a busy
 /// ext4; see BENCHMARKS.md).
 pub struct OutputFile {
-    path: PathBuf,
+    dir: Arc<FlowDir>,
     file: Sink,
     written: u64,
     cap: u64,
@@ -172,9 +177,9 @@ enum Sink {
 }
 
 impl OutputFile {
-    pub fn new(path: &Path, cap: u64) -> Self {
+    pub fn new(dir: Arc<FlowDir>, cap: u64) -> Self {
         Self {
-            path: path.to_path_buf(),
+            dir,
             file: Sink::NotYet,
             written: 0,
             cap,
@@ -185,37 +190,20 @@ impl OutputFile {
         }
     }
 
-    /// Creates the file, never through what is already at its name: the
-    /// executor runs by now, and a link it left there (to a file outside the
-    /// execution directory) must not be written through. Whatever is there is
-    /// unlinked (the name only) and the file created afresh.
-    fn open(path: &Path) -> io::Result<File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let create = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(crate::fsutil::FILE_MODE)
-                .open(path)
-        };
-        match create() {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                std::fs::remove_file(path)?;
-                create()
-            }
-            other => other,
-        }
-    }
-
     pub fn write_line(&mut self, line: &str) {
         if self.capped {
             return;
         }
         if let Sink::NotYet = self.file {
-            self.file = match Self::open(&self.path) {
+            // Created only now, with the executor running: never through
+            // what it may have left at that name (see FlowDir::create_new).
+            self.file = match self.dir.create_new(OUTPUT_FILE) {
                 Ok(f) => Sink::Open(BufWriter::new(f)),
                 Err(e) => {
-                    log::warn!("cannot write {}: {e}", self.path.display());
+                    log::warn!(
+                        "cannot write {}: {e}",
+                        self.dir.path().join(OUTPUT_FILE).display()
+                    );
                     Sink::Off
                 }
             };
@@ -326,16 +314,18 @@ mod tests {
 
     #[test]
     fn output_file_appears_with_the_first_line_and_never_writes_through_a_link() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("output.log");
-        let mut quiet = OutputFile::new(&path, 1 << 20);
+        let root = tempfile::tempdir().unwrap();
+        let fd = Arc::new(FlowDir::create(root.path(), "f", "e").unwrap());
+        let dir = fd.path().to_path_buf();
+        let path = dir.join("output.log");
+        let mut quiet = OutputFile::new(fd.clone(), 1 << 20);
         quiet.close();
         assert!(!path.exists(), "no output, no file");
 
-        let outside = dir.path().join("outside");
+        let outside = root.path().join("outside");
         std::fs::write(&outside, b"keep").unwrap();
         std::os::unix::fs::symlink(&outside, &path).unwrap();
-        let mut f = OutputFile::new(&path, 1 << 20);
+        let mut f = OutputFile::new(fd, 1 << 20);
         f.write_line("hello");
         f.close();
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
@@ -348,9 +338,10 @@ mod tests {
 
     #[test]
     fn output_file_never_exceeds_its_cap() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("output.log");
-        let mut f = OutputFile::new(&path, 300);
+        let root = tempfile::tempdir().unwrap();
+        let fd = Arc::new(FlowDir::create(root.path(), "f", "e").unwrap());
+        let path = fd.path().join("output.log");
+        let mut f = OutputFile::new(fd, 300);
         for i in 0..100 {
             f.write_line(&format!("line {i:04}"));
         }

@@ -5,6 +5,7 @@
 //! adds fields the Go runner never knew.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Request header that carries the hex RSA-PSS signature.
@@ -54,8 +55,16 @@ pub struct PendingExecution {
     pub flo: Flo,
     pub execution: Execution,
     /// The flow definition: any JSON value, written to `execution.flow`.
-    #[serde(default)]
-    pub data: Value,
+    /// Kept as the bytes received (validated, not parsed into a tree): it is
+    /// written out, never looked into, and a tree of a large answer costs
+    /// tens of times its size.
+    #[serde(default = "raw_null")]
+    pub data: Box<RawValue>,
+}
+
+/// A JSON `null`, for absent raw values.
+pub fn raw_null() -> Box<RawValue> {
+    RawValue::from_string("null".to_string()).unwrap_or_else(|_| unreachable!("null is JSON"))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -88,9 +97,10 @@ pub struct Execution {
     pub owner_id: Option<String>,
     #[serde(default)]
     pub sequence: Option<Value>,
-    /// Trigger data: an object, a string holding JSON, or null.
-    #[serde(default)]
-    pub data: Value,
+    /// Trigger data: an object, a string holding JSON, or null. Raw, like
+    /// the flow definition; parsed only when small (workspace.rs).
+    #[serde(default = "raw_null")]
+    pub data: Box<RawValue>,
     #[serde(default)]
     pub trigger_type: Option<String>,
     #[serde(default)]

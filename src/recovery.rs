@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process_group, Signal};
 
 use crate::ids::ExecutionId;
-use crate::job::OUTPUT_FILE;
 use crate::journal::{self, Record};
 use crate::ledger::Ledger;
+use crate::output::OUTPUT_FILE;
 use crate::protocol::ExecutionResult;
 
 pub const RECOVERED_ERROR: &str = "runner stopped while this execution was running";

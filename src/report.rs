@@ -2,10 +2,10 @@
 //! executor's exit, its `state.json` and its output. Delivery is the outbox's.
 
 use serde_json::{json, Map, Value};
-use std::path::Path;
 use std::process::ExitStatus;
 
 use crate::cancel::StopReason;
+use crate::flowdir::FlowDir;
 use crate::protocol::ExecutionResult;
 use crate::workspace::STATE_FILE;
 
@@ -13,17 +13,21 @@ use crate::workspace::STATE_FILE;
 pub const RESULT_FILE: &str = "result.json";
 
 /// Builds the result. `status` is `Err` when the executor never started.
+/// `state.json` is read through the directory descriptor, only if it is a
+/// regular file of at most `max_state_bytes`; anything else is an errored
+/// result that says why.
 pub fn build(
-    dir: &Path,
+    dir: &FlowDir,
     status: &Result<ExitStatus, String>,
     stopped: Option<StopReason>,
     logs: String,
+    max_state_bytes: u64,
 ) -> ExecutionResult {
     let mut has_errored = false;
     let mut cancelled = false;
     let state_read = match status {
         Err(why) => Err(why.clone()),
-        Ok(_) => read_state(&dir.join(STATE_FILE)),
+        Ok(_) => read_state(dir, max_state_bytes),
     };
     let mut state = match state_read {
         Ok(state) => {
@@ -95,8 +99,10 @@ fn error_state(why: &str, output: &str) -> Map<String, Value> {
     state
 }
 
-fn read_state(path: &Path) -> Result<Map<String, Value>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {STATE_FILE}: {e}"))?;
+fn read_state(dir: &FlowDir, cap: u64) -> Result<Map<String, Value>, String> {
+    let bytes = dir
+        .read_capped(STATE_FILE, cap)
+        .map_err(|e| e.to_string())?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(format!("{STATE_FILE} is not a JSON object")),

@@ -1,17 +1,25 @@
 //! The execution directory and the files the executor reads (PROTOCOL.md §5).
-//! Ids are validated newtypes by the time they get here, and the directory is
-//! checked to resolve inside the execution root before anything is written.
+//! Ids are validated newtypes by the time they get here; the directory is
+//! created and held through a directory descriptor ([`FlowDir`]), so no
+//! link a flow left can send a write outside the execution root.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::config::Config;
-use crate::fsutil;
+use crate::flowdir::FlowDir;
 use crate::ids::{ExecutionId, FloId, RunnerIdentifier};
 use crate::protocol::PendingExecution;
+
+/// Trigger data larger than this is written as received, never parsed into
+/// a tree (a tree costs tens of times the text); its fields then do not
+/// reach `context.json`.
+const TRIGGER_TREE_LIMIT: usize = 1 << 20;
 
 pub const FLOW_FILE: &str = "execution.flow";
 pub const TRIGGER_FILE: &str = "trigger-data.json";
@@ -28,17 +36,26 @@ pub struct Job {
 /// A prepared execution directory.
 pub struct Workspace {
     pub dir: PathBuf,
+    /// The same directory, held open: every later file operation of the
+    /// runner in it goes through this.
+    pub fd: Arc<FlowDir>,
     pub trigger_data: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
     #[error("cannot create {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("{path} resolves outside the execution directory {root}; refusing to write")]
-    Escapes { path: PathBuf, root: PathBuf },
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 pub fn execution_dir(root: &Path, flo: &FloId, execution: &ExecutionId) -> PathBuf {
@@ -52,39 +69,26 @@ pub fn prepare(
 ) -> Result<Workspace, WorkspaceError> {
     let root = &config.execution.execution_directory;
     let dir = execution_dir(root, &job.flo_id, &job.execution_id);
-    fsutil::create_dir_all(&dir).map_err(|source| WorkspaceError::Create {
-        path: dir.clone(),
-        source,
-    })?;
-    // A previous (untrusted) executor could have planted a symlink where a
-    // flow directory goes; make sure we are still inside the root.
-    let real_root = root
-        .canonicalize()
-        .map_err(|source| WorkspaceError::Create {
-            path: root.clone(),
-            source,
-        })?;
-    let real_dir = dir
-        .canonicalize()
-        .map_err(|source| WorkspaceError::Create {
+    let fd = FlowDir::create(root, job.flo_id.as_str(), job.execution_id.as_str()).map_err(
+        |source| WorkspaceError::Create {
             path: dir.clone(),
             source,
-        })?;
-    if !real_dir.starts_with(&real_root) || real_dir == real_root {
-        return Err(WorkspaceError::Escapes {
-            path: dir,
-            root: root.clone(),
-        });
-    }
+        },
+    )?;
+    let write = |name: &str, bytes: &[u8]| {
+        fd.write(name, bytes)
+            .map_err(|source| WorkspaceError::Write {
+                path: dir.join(name),
+                source,
+            })
+    };
 
     let pending = &job.pending;
-    let flow = serde_json::to_vec(&pending.data).unwrap_or_else(|_| b"null".to_vec());
-    write(&dir, FLOW_FILE, &flow)?;
+    write(FLOW_FILE, pending.data.get().as_bytes())?;
 
-    let trigger = normalise_trigger_data(&pending.execution.data);
-    let trigger_data = match trigger {
+    let trigger_data = match normalise_trigger_raw(&pending.execution.data) {
         Some(bytes) if bytes.len() > 2 => {
-            write(&dir, TRIGGER_FILE, &bytes)?;
+            write(TRIGGER_FILE, &bytes)?;
             true
         }
         _ => false,
@@ -96,20 +100,50 @@ pub fn prepare(
             source: io::Error::other(e),
         }
     })?;
-    write(&dir, CONTEXT_FILE, &context)?;
+    write(CONTEXT_FILE, &context)?;
 
-    Ok(Workspace { dir, trigger_data })
+    Ok(Workspace {
+        dir,
+        fd: Arc::new(fd),
+        trigger_data,
+    })
 }
 
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), WorkspaceError> {
-    let path = dir.join(name);
-    // Never follow a link an executor may have left at this name.
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => return Err(WorkspaceError::Write { path, source }),
+/// [`normalise_trigger_data`] on the raw trigger data, parsing it into a
+/// tree only when it is small. Large data is written as received (a string
+/// as its content), after a check that it is JSON; so a flow's trigger data
+/// costs about its size in memory, not tens of times it.
+pub fn normalise_trigger_raw(raw: &RawValue) -> Option<Vec<u8>> {
+    let text = raw.get();
+    if text.len() <= TRIGGER_TREE_LIMIT {
+        return serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| normalise_trigger_data(&v));
     }
-    fsutil::write_file(&path, bytes).map_err(|source| WorkspaceError::Write { path, source })
+    match text.trim_start().as_bytes().first() {
+        Some(b'n') => None,
+        Some(b'"') => {
+            let s: String = serde_json::from_str(text).ok()?;
+            let is_json = |t: &str| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok();
+            if s.starts_with('{') || is_json(&s) {
+                return Some(s.into_bytes());
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .ok()?;
+            let decoded = String::from_utf8(bytes).ok()?;
+            is_json(&decoded).then(|| decoded.into_bytes())
+        }
+        _ => Some(text.as_bytes().to_vec()),
+    }
+}
+
+/// The trigger data as a tree, when it is small enough to parse.
+fn trigger_value(raw: &RawValue) -> Value {
+    if raw.get().len() > TRIGGER_TREE_LIMIT {
+        return Value::Null;
+    }
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
 /// Trigger data as the Go runner normalises it: a string starting with `{`
@@ -167,7 +201,7 @@ fn context(config: &Config, runner_id: &RunnerIdentifier, job: &Job) -> Value {
     let p = &job.pending;
     let e = &p.execution;
     let or_empty = |s: &Option<String>| s.clone().unwrap_or_default();
-    let trigger = trigger_object(&e.data).unwrap_or_default();
+    let trigger = trigger_object(&trigger_value(&e.data)).unwrap_or_default();
     let from_trigger = |key: &str| {
         trigger
             .get(key)

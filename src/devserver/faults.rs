@@ -31,6 +31,10 @@ pub struct FaultSpec {
     /// Run the request, then close without answering.
     #[serde(default)]
     pub lose_answer_rate: f64,
+    /// Answer 413 to a request whose body is longer than this (an API's
+    /// request size limit), whatever the rates say.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub delay_ms: u64,
     #[serde(default)]
@@ -100,10 +104,18 @@ impl Fault {
         Ok(Self { spec, down_until })
     }
 
-    /// How long to stall first, then what to do. An outage wins over the
-    /// random error, which wins over the random drop.
-    pub fn decide(&self, now: Instant, rng: &mut impl Rng) -> (Duration, Action) {
+    /// How long to stall first, then what to do. A body over the size
+    /// limit is refused first; then an outage wins over the random error,
+    /// which wins over the random drop.
+    pub fn decide(&self, now: Instant, body_len: usize, rng: &mut impl Rng) -> (Duration, Action) {
         let delay = Duration::from_millis(self.spec.delay_ms);
+        if self
+            .spec
+            .max_body_bytes
+            .is_some_and(|max| body_len as u64 > max)
+        {
+            return (delay, Action::Error(413));
+        }
         if self.down_until.is_some_and(|until| now < until) {
             return (delay, Action::Error(503));
         }
@@ -130,6 +142,7 @@ impl Fault {
             "error_status": self.spec.error_status,
             "drop_rate": self.spec.drop_rate,
             "lose_answer_rate": self.spec.lose_answer_rate,
+            "max_body_bytes": self.spec.max_body_bytes,
             "delay_ms": self.spec.delay_ms,
             "down_for_ms": self.spec.down_for_ms,
             "down_remaining_ms": down_left,
@@ -195,18 +208,18 @@ mod tests {
             now,
         )
         .unwrap();
-        assert_eq!(f.decide(now, &mut rng).1, Action::Error(502));
+        assert_eq!(f.decide(now, 0, &mut rng).1, Action::Error(502));
         let f = Fault::new(
             spec(json!({"route": "result", "drop_rate": 1.0, "delay_ms": 5})),
             now,
         )
         .unwrap();
         assert_eq!(
-            f.decide(now, &mut rng),
+            f.decide(now, 0, &mut rng),
             (Duration::from_millis(5), Action::Drop)
         );
         let f = Fault::new(spec(json!({"route": "result"})), now).unwrap();
-        assert_eq!(f.decide(now, &mut rng).1, Action::Proceed);
+        assert_eq!(f.decide(now, 0, &mut rng).1, Action::Proceed);
     }
 
     #[test]
@@ -215,7 +228,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let f = Fault::new(spec(json!({"route": "*", "error_rate": 0.3})), now).unwrap();
         let errors = (0..10_000)
-            .filter(|_| f.decide(now, &mut rng).1 != Action::Proceed)
+            .filter(|_| f.decide(now, 0, &mut rng).1 != Action::Proceed)
             .count();
         assert!((2_500..3_500).contains(&errors), "{errors}");
     }
@@ -225,9 +238,9 @@ mod tests {
         let now = Instant::now();
         let mut rng = StdRng::seed_from_u64(1);
         let f = Fault::new(spec(json!({"route": "poll", "down_for_ms": 100})), now).unwrap();
-        assert_eq!(f.decide(now, &mut rng).1, Action::Error(503));
+        assert_eq!(f.decide(now, 0, &mut rng).1, Action::Error(503));
         let later = now + Duration::from_millis(101);
-        assert_eq!(f.decide(later, &mut rng).1, Action::Proceed);
+        assert_eq!(f.decide(later, 0, &mut rng).1, Action::Proceed);
     }
 
     #[test]
@@ -238,9 +251,9 @@ mod tests {
         faults.set(Fault::new(spec(json!({"route": "logs", "delay_ms": 1})), now).unwrap());
         let mut rng = StdRng::seed_from_u64(1);
         let logs = faults.for_route(RunnerRoute::Logs).unwrap();
-        assert_eq!(logs.decide(now, &mut rng).1, Action::Proceed);
+        assert_eq!(logs.decide(now, 0, &mut rng).1, Action::Proceed);
         let poll = faults.for_route(RunnerRoute::Poll).unwrap();
-        assert_eq!(poll.decide(now, &mut rng).1, Action::Error(500));
+        assert_eq!(poll.decide(now, 0, &mut rng).1, Action::Error(500));
         faults.clear();
         assert!(faults.for_route(RunnerRoute::Poll).is_none());
     }

@@ -189,7 +189,7 @@ fn handle_route(app: &App, inc: &Incoming, route: RunnerRoute, target: &str) -> 
         let st = app.lock();
         st.faults
             .for_route(route)
-            .map(|f| f.decide(Instant::now(), &mut rand::thread_rng()))
+            .map(|f| f.decide(Instant::now(), inc.body.len(), &mut rand::thread_rng()))
     };
     let mut lose_answer = false;
     if let Some((delay, action)) = decision {
