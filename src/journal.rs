@@ -31,11 +31,12 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, move_aside, CORRUPT_DIR};
+use crate::groupsync::GroupSync;
 use crate::ids::ExecutionId;
 
 pub const JOURNAL_DIR: &str = "journal";
@@ -84,19 +85,14 @@ struct Inner {
     /// Bytes in the file, to know when to compact.
     len: u64,
     live: HashMap<String, Record>,
-    /// Lines written so far, and how many of them are known durable.
-    written: u64,
-    synced: u64,
-    /// A group commit's fdatasync is in flight.
-    syncing: bool,
 }
 
 #[derive(Clone)]
 pub struct Journal {
     dir: PathBuf,
     inner: Arc<Mutex<Inner>>,
-    /// Signalled when a group commit ends.
-    synced: Arc<Condvar>,
+    /// fdatasyncs shared by concurrent writers.
+    group: Arc<GroupSync>,
     /// What the previous run left, found at open.
     leftovers: Arc<Vec<Record>>,
 }
@@ -129,15 +125,8 @@ impl Journal {
         }
         Ok(Self {
             dir,
-            inner: Arc::new(Mutex::new(Inner {
-                file,
-                len,
-                live,
-                written: 0,
-                synced: 0,
-                syncing: false,
-            })),
-            synced: Arc::new(Condvar::new()),
+            inner: Arc::new(Mutex::new(Inner { file, len, live })),
+            group: Arc::new(GroupSync::default()),
             leftovers: Arc::new(leftovers),
         })
     }
@@ -160,8 +149,8 @@ impl Journal {
             .live
             .insert(record.execution_id.clone(), record.clone());
         write_line(&mut inner, &Line::Start(record.clone()))?;
-        let line = inner.written;
-        self.sync_through(inner, line)
+        drop(inner);
+        self.sync()
     }
 
     /// Records the executor's pid (and start time) after spawn, without
@@ -195,44 +184,24 @@ impl Journal {
             let (file, len) = rewrite(&self.dir, &inner.live)?;
             inner.file = file;
             inner.len = len;
-            inner.synced = inner.written;
             return Ok(());
         }
         write_line(&mut inner, &Line::Done(id.to_string()))?;
-        let line = inner.written;
-        self.sync_through(inner, line)
+        drop(inner);
+        self.sync()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         crate::sync::lock(&self.inner)
     }
 
-    /// Returns once line number `line` is durable. Group commit: if another
-    /// sync is in flight, wait for it (it may cover this line); otherwise
-    /// sync everything written so far, outside the lock.
-    fn sync_through(&self, mut inner: MutexGuard<'_, Inner>, line: u64) -> io::Result<()> {
-        loop {
-            if inner.synced >= line {
-                return Ok(());
-            }
-            if !inner.syncing {
-                break;
-            }
-            inner = crate::sync::wait(&self.synced, inner);
-        }
-        inner.syncing = true;
-        let target = inner.written;
-        let file = inner.file.clone();
-        drop(inner);
-        let result = file.sync_data();
-        let mut inner = self.lock();
-        inner.syncing = false;
-        if result.is_ok() && Arc::ptr_eq(&file, &inner.file) {
-            inner.synced = inner.synced.max(target);
-        }
-        self.synced.notify_all();
-        drop(inner);
-        result
+    /// Makes every line written so far durable, sharing the fdatasync with
+    /// concurrent writers. The file is taken when the sync runs: lines in
+    /// a file a compaction replaced are in the (durable) rewrite.
+    fn sync(&self) -> io::Result<()> {
+        let ticket = self.group.ticket();
+        self.group
+            .wait(ticket, || self.lock().file.clone().sync_data())
     }
 
     /// Entries the previous run left (read at open) and not yet finished.
@@ -258,7 +227,6 @@ fn write_line(inner: &mut Inner, line: &Line) -> io::Result<()> {
     // One write per line on an O_APPEND file: lines never interleave.
     (&*inner.file).write_all(&bytes)?;
     inner.len += bytes.len() as u64;
-    inner.written += 1;
     Ok(())
 }
 
@@ -441,10 +409,6 @@ mod tests {
                 });
             }
         });
-        let inner = j.lock();
-        assert_eq!(inner.written, 160);
-        assert_eq!(inner.synced, 160);
-        drop(inner);
         drop(j);
         assert_eq!(Journal::open(dir.path()).unwrap().leftovers().len(), 160);
     }

@@ -16,6 +16,7 @@ pub mod executor;
 pub mod failpoint;
 pub mod flowdir;
 pub mod fsutil;
+pub mod groupsync;
 pub mod health;
 pub mod identity;
 pub mod ids;

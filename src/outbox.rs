@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crate::api::{Api, ApiError};
 use crate::backoff::Backoff;
 use crate::fsutil::{self, move_aside, CORRUPT_DIR};
+use crate::groupsync::GroupSync;
 use crate::ids::ExecutionId;
 use crate::journal::Journal;
 use crate::shutdown::Shutdown;
@@ -97,6 +98,8 @@ struct Shared {
     next_seq: Mutex<u64>,
     journal: Journal,
     state: StateDir,
+    /// Directory fsyncs shared by concurrent workers' renames.
+    dir_sync: GroupSync,
 }
 
 /// Outcome of one delivery attempt.
@@ -174,6 +177,7 @@ impl Outbox {
                 next_seq: Mutex::new(max_seq + 1),
                 journal,
                 state: state.clone(),
+                dir_sync: GroupSync::default(),
             }),
         })
     }
@@ -265,7 +269,7 @@ impl Outbox {
             .any(|(_, e)| matches!(e.stored, Stored::File(_)))
         {
             // One directory sync makes every rename above durable.
-            if let Err(e) = fsutil::sync_dir(&self.shared.dir) {
+            if let Err(e) = self.sync_dir() {
                 self.shared.state.write_failed("outbox directory sync", &e);
             }
         }
@@ -278,6 +282,15 @@ impl Outbox {
         drop(entries);
         self.shared.wake.notify_all();
         durability
+    }
+
+    /// Makes the renames done so far durable, one directory fsync for all
+    /// the workers that need one at the same time.
+    fn sync_dir(&self) -> io::Result<()> {
+        let ticket = self.shared.dir_sync.ticket();
+        self.shared
+            .dir_sync
+            .wait(ticket, || fsutil::sync_dir(&self.shared.dir))
     }
 
     /// The path of `id`'s result entry, while it is on disk.
@@ -427,7 +440,7 @@ impl Outbox {
             Stored::File(path) => {
                 move_aside(&self.shared.dir.join(DEAD_DIR), path, &e.to_string());
                 match fsutil::write_synced(path, &body, fsutil::FILE_MODE)
-                    .and_then(|()| fsutil::sync_dir(&self.shared.dir))
+                    .and_then(|()| self.sync_dir())
                 {
                     Ok(()) => Stored::File(path.clone()),
                     Err(err) => {
@@ -489,8 +502,8 @@ impl Outbox {
             return stored;
         };
         let path = self.path_for(seq, kind, id);
-        let written = fsutil::write_synced(&path, body, fsutil::FILE_MODE)
-            .and_then(|()| fsutil::sync_dir(&self.shared.dir));
+        let written =
+            fsutil::write_synced(&path, body, fsutil::FILE_MODE).and_then(|()| self.sync_dir());
         match written {
             Ok(()) => {
                 log::info!(
