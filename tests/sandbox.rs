@@ -196,20 +196,32 @@ fn a_flow_running_as_the_runners_user_cannot_read_its_environ_or_mem() {
     }
     // `flo-runner health` is another process of the same user reading the
     // heartbeat: being non-dumpable must not break it.
-    let out = Command::new(common::runner_bin())
-        .arg("health")
-        .current_dir(runner.path())
-        .uid(65534)
-        .gid(65534)
-        .env_clear()
-        .output()
-        .expect("run flo-runner health");
-    assert!(
-        out.status.success(),
-        "health: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The heartbeat is rewritten every few seconds; registration shows in
+    // the next one.
+    let health = || {
+        Command::new(common::runner_bin())
+            .arg("health")
+            .current_dir(runner.path())
+            .uid(65534)
+            .gid(65534)
+            .env_clear()
+            .output()
+            .expect("run flo-runner health")
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let out = health();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 // ---------------------------------------------------------------- Landlock
