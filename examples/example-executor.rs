@@ -56,6 +56,7 @@
 //!    | `{"type":"env"}` | one stdout line `env NAME=VALUE` per environment variable, sorted by name; line breaks in a value are written as `\n` |
 //!    | `{"type":"read_file","path":P,"print":B}` | tries to read P (relative to the working directory): stdout line `read_file P: ok N bytes`, or `read_file P: error: open: <why>` / `read_file P: error: read: <why>` (opening and reading are told apart: `/proc/<pid>/mem` can be opened but not read at offset 0). With `"print": true` each line of the content follows as `read_file P| <line>` |
 //!    | `{"type":"write_file","path":P,"content":C}` | tries to create or truncate P and write C (default empty): stdout line `write_file P: ok` or `write_file P: error: <why>` |
+//!    | `{"type":"run","argv":[P, A...]}` | runs program P with arguments A (stdin and stdout null, stderr inherited) and waits: stdout line `run P: exit <code>` (`signal` when killed by one), or `run P: error: <why>` when it cannot start |
 //!    | anything else | stdout line `[node <id>] skipped unknown type <t>` (`<t>` is the type rendered as JSON when it is not a string, `null` when absent) |
 //!
 //! 4. At the end `state.json` is written in the working directory:
@@ -548,6 +549,28 @@ fn run_node(node: &Value, id: &str, opts: &Options, walk: &mut Walk) -> Step {
             str_field(node, "path"),
             node.get("print") == Some(&json!(true)),
         ),
+        Some("run") => {
+            let argv: Vec<&str> = node
+                .get("argv")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let program = argv.first().copied().unwrap_or("");
+            flush_all();
+            let line = match Command::new(program)
+                .args(argv.iter().skip(1))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+            {
+                Ok(status) => match status.code() {
+                    Some(code) => format!("run {program}: exit {code}"),
+                    None => format!("run {program}: signal"),
+                },
+                Err(e) => format!("run {program}: error: {e}"),
+            };
+            write_line(&mut io::stdout().lock(), line.as_bytes());
+        }
         Some("write_file") => {
             let path = str_field(node, "path");
             let line = match fs::write(path, str_field(node, "content")) {

@@ -266,6 +266,8 @@ fn with_landlock_a_flow_cannot_touch_the_runners_files_but_has_its_own_directory
             {"type": "write_file", "path": tmp_file, "content": "tmp"},
             {"type": "write_file", "path": "/dev/null", "content": "x"},
             {"type": "read_file", "path": "/etc/passwd"},
+            {"type": "run", "argv": ["kill", "-0", runner.pid().to_string()]},
+            {"type": "run", "argv": ["sh", "-c", "kill -0 $$"]},
         ]),
     );
     let _ = fs::remove_file(&tmp_file);
@@ -292,6 +294,17 @@ fn with_landlock_a_flow_cannot_touch_the_runners_files_but_has_its_own_directory
     ] {
         let what = said(&lines, node, path);
         assert!(what.starts_with("ok"), "{node} {path} was denied: {what}");
+    }
+    // The signal scope needs Landlock ABI 6 (Linux 6.12).
+    if landlock_abi().unwrap_or(0) >= 6 {
+        assert_eq!(
+            said(&lines, "run", "kill"),
+            "exit 1",
+            "the flow could signal the runner"
+        );
+        assert_eq!(said(&lines, "run", "sh"), "exit 0", "its own processes");
+    } else {
+        eprintln!("landlock: the signal check SKIPPED: Landlock ABI below 6");
     }
     assert!(!Path::new(&forged).exists());
     assert!(!Path::new(&planted).exists());
