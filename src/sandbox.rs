@@ -722,9 +722,13 @@ enum Key<'a> {
 /// getpwnam_r / getpwuid_r: the user database as the system configures it
 /// (NSS: files, LDAP, ...), not just /etc/passwd.
 fn lookup(key: Key) -> io::Result<Option<Passwd>> {
-    let name = match key {
-        Key::Name(n) => Some(CString::new(n).map_err(io::Error::other)?),
-        Key::Uid(_) => None,
+    enum CKey {
+        Name(CString),
+        Uid(u32),
+    }
+    let key = match key {
+        Key::Name(n) => CKey::Name(CString::new(n).map_err(io::Error::other)?),
+        Key::Uid(u) => CKey::Uid(u),
     };
     let mut buf: Vec<libc::c_char> = vec![0; 4096];
     loop {
@@ -733,18 +737,17 @@ fn lookup(key: Key) -> io::Result<Option<Passwd>> {
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: the buffers outlive the call; result points into pwd or is null.
         let rc = unsafe {
-            match (&name, &key) {
-                (Some(n), _) => libc::getpwnam_r(
+            match &key {
+                CKey::Name(n) => libc::getpwnam_r(
                     n.as_ptr(),
                     &mut pwd,
                     buf.as_mut_ptr(),
                     buf.len(),
                     &mut result,
                 ),
-                (None, Key::Uid(uid)) => {
+                CKey::Uid(uid) => {
                     libc::getpwuid_r(*uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result)
                 }
-                (None, Key::Name(_)) => return Ok(None),
             }
         };
         if rc == libc::ERANGE && buf.len() < (1 << 20) {
@@ -776,7 +779,9 @@ fn lookup(key: Key) -> io::Result<Option<Passwd>> {
 
 /// Switching needs CAP_SETUID and CAP_SETGID; handing the execution
 /// directory over needs CAP_CHOWN; reading back what the executor wrote
-/// (its `state.json` may be 0600) needs CAP_DAC_OVERRIDE. Root has them.
+/// (its `state.json` may be 0600) needs CAP_DAC_OVERRIDE; stopping it
+/// (cancel, timeout, shutdown) needs CAP_KILL once it has another uid.
+/// Root has them all.
 fn check_privilege(user: &User) -> Result<(), SandboxError> {
     let euid = rustix::process::geteuid().as_raw();
     let egid = rustix::process::getegid().as_raw();
@@ -786,6 +791,7 @@ fn check_privilege(user: &User) -> Result<(), SandboxError> {
     const NEEDED: &[(u32, &str)] = &[
         (0, "CAP_CHOWN"),
         (1, "CAP_DAC_OVERRIDE"),
+        (5, "CAP_KILL"),
         (6, "CAP_SETGID"),
         (7, "CAP_SETUID"),
     ];
@@ -815,17 +821,17 @@ fn check_privilege(user: &User) -> Result<(), SandboxError> {
 /// Whether `user` (with only its primary group: std drops the others) has
 /// `bits` (r=4, w=2, x=1) on `path` by its mode. ACLs are not consulted.
 fn permits(user: &User, meta: &fs::Metadata, bits: u32) -> bool {
-    let mode = meta.mode();
-    let shift = if user.uid == 0 {
+    if user.uid == 0 {
         return true;
-    } else if meta.uid() == user.uid {
+    }
+    let shift = if meta.uid() == user.uid {
         6
     } else if meta.gid() == user.gid {
         3
     } else {
         0
     };
-    (mode >> shift) & bits == bits
+    (meta.mode() >> shift) & bits == bits
 }
 
 /// The executor's user must reach the execution root (the runner adds the

@@ -561,4 +561,29 @@ fn run_as_without_the_privilege_to_switch_is_a_clear_start_up_error() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
     assert_eq!(errors.len(), 1, "{log}");
     assert!(errors[0].contains("execution.run_as"), "{log}");
+    eprintln!("{}", errors[0]);
+}
+
+#[test]
+fn run_as_with_the_key_passed_but_unreadable_by_that_user_is_a_clear_start_up_error() {
+    if !is_root() {
+        eprintln!("SKIPPED: switching users needs root");
+        return;
+    }
+    let server = DevServer::start();
+    let mut runner = RunnerSetup::new(&server)
+        .set("execution", "run_as", json!("nobody"))
+        .start_in(runner_dir());
+    let status = runner.wait_exit(LIMIT);
+    let log = runner.log();
+    assert!(!status.success(), "{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("execution.run_as")
+            && errors[0].contains("flomation-runner.pem")
+            && errors[0].contains("execution.pass_key"),
+        "{log}"
+    );
+    eprintln!("{}", errors[0]);
 }
