@@ -53,6 +53,10 @@
 //!    | `{"type":"ignore_sigterm"}` | from now on SIGTERM is ignored, see below; the walk continues with the next node |
 //!    | `{"type":"spawn","ms":N,"stdio":"inherit"\|"null"}` | starts a grandchild `sleep N/1000` (default 60000 ms) that is not waited for, and appends its pid and `\n` to `grandchild.pid`. By default it inherits stdout/stderr (so it keeps the runner's pipes open, like a careless real flow); `"stdio":"null"` detaches it |
 //!    | `{"type":"echo_trigger"}` | when `--trigger-data F` was given, stdout line `trigger-data: <content of F>`; when `--context F` was given, `context: <content of F>`. The content has trailing whitespace trimmed and each inner line break replaced by a space. An unreadable file prints `trigger-data: <unreadable: why>` |
+//!    | `{"type":"env"}` | one stdout line `env NAME=VALUE` per environment variable, sorted by name; line breaks in a value are written as `\n` |
+//!    | `{"type":"read_file","path":P,"print":B}` | tries to read P (relative to the working directory): stdout line `read_file P: ok N bytes`, or `read_file P: error: open: <why>` / `read_file P: error: read: <why>` (opening and reading are told apart: `/proc/<pid>/mem` can be opened but not read at offset 0). With `"print": true` each line of the content follows as `read_file P| <line>` |
+//!    | `{"type":"write_file","path":P,"content":C}` | tries to create or truncate P and write C (default empty): stdout line `write_file P: ok` or `write_file P: error: <why>` |
+//!    | `{"type":"run","argv":[P, A...]}` | runs program P with arguments A (stdin and stdout null, stderr inherited) and waits: stdout line `run P: exit <code>` (`signal` when killed by one), or `run P: error: <why>` when it cannot start |
 //!    | anything else | stdout line `[node <id>] skipped unknown type <t>` (`<t>` is the type rendered as JSON when it is not a string, `null` when absent) |
 //!
 //! 4. At the end `state.json` is written in the working directory:
@@ -525,6 +529,56 @@ fn run_node(node: &Value, id: &str, opts: &Options, walk: &mut Walk) -> Step {
                 }
             }
         }
+        Some("env") => {
+            let mut vars: Vec<(String, String)> = std::env::vars_os()
+                .map(|(k, v)| {
+                    (
+                        k.to_string_lossy().into_owned(),
+                        v.to_string_lossy().into_owned(),
+                    )
+                })
+                .collect();
+            vars.sort();
+            let mut out = io::stdout().lock();
+            for (k, v) in vars {
+                let line = format!("env {k}={}", v.replace('\n', "\\n"));
+                write_line(&mut out, line.as_bytes());
+            }
+        }
+        Some("read_file") => read_file(
+            str_field(node, "path"),
+            node.get("print") == Some(&json!(true)),
+        ),
+        Some("run") => {
+            let argv: Vec<&str> = node
+                .get("argv")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let program = argv.first().copied().unwrap_or("");
+            flush_all();
+            let line = match Command::new(program)
+                .args(argv.iter().skip(1))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+            {
+                Ok(status) => match status.code() {
+                    Some(code) => format!("run {program}: exit {code}"),
+                    None => format!("run {program}: signal"),
+                },
+                Err(e) => format!("run {program}: error: {e}"),
+            };
+            write_line(&mut io::stdout().lock(), line.as_bytes());
+        }
+        Some("write_file") => {
+            let path = str_field(node, "path");
+            let line = match fs::write(path, str_field(node, "content")) {
+                Ok(()) => format!("write_file {path}: ok"),
+                Err(e) => format!("write_file {path}: error: {e}"),
+            };
+            write_line(&mut io::stdout().lock(), line.as_bytes());
+        }
         _ => {
             let kind = match node.get("type") {
                 Some(Value::String(s)) => s.clone(),
@@ -537,6 +591,26 @@ fn run_node(node: &Value, id: &str, opts: &Options, walk: &mut Walk) -> Step {
         }
     }
     Step::Continue(ok)
+}
+
+/// The `read_file` node: says whether `path` could be opened and read.
+fn read_file(path: &str, print: bool) {
+    use std::io::Read;
+    let mut content = Vec::new();
+    let line = match fs::File::open(path) {
+        Err(e) => format!("read_file {path}: error: open: {e}"),
+        Ok(mut file) => match file.read_to_end(&mut content) {
+            Ok(n) => format!("read_file {path}: ok {n} bytes"),
+            Err(e) => format!("read_file {path}: error: read: {e}"),
+        },
+    };
+    let mut out = io::stdout().lock();
+    write_line(&mut out, line.as_bytes());
+    if print {
+        for l in String::from_utf8_lossy(&content).lines() {
+            write_line(&mut out, format!("read_file {path}| {l}").as_bytes());
+        }
+    }
 }
 
 /// Writes one line; output errors are ignored (see the module comment).

@@ -100,6 +100,50 @@ pub struct ExecutionConfig {
     /// Finished execution directories are removed, oldest first, while they
     /// total more than this (`None`: no limit).
     pub retention_max_bytes: Option<u64>,
+    /// Landlock around executors (`sandbox` module).
+    pub sandbox: SandboxMode,
+    /// A separate user for executors (`None`: the runner's own).
+    pub run_as: Option<RunAs>,
+    /// Whether `--key` is passed (PROTOCOL.md §7); when not, the executor
+    /// cannot read the key file either.
+    pub pass_key: bool,
+    pub environment: EnvironmentConfig,
+}
+
+/// `execution.sandbox`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Landlock where the kernel has it; where not, said once at start-up.
+    Auto,
+    /// No start without Landlock.
+    Required,
+    Off,
+}
+
+/// `execution.run_as`: a user name, or a numeric uid with an optional gid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAs {
+    Name(String),
+    Id { uid: u32, gid: Option<u32> },
+}
+
+/// `execution.environment.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvironmentMode {
+    /// The runner's whole environment minus its own secrets and settings.
+    Inherit,
+    /// Only a basic set (PATH, HOME, locale...) and the `allow` patterns.
+    Allowlist,
+}
+
+/// `execution.environment`: what the executor's environment holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentConfig {
+    pub mode: EnvironmentMode,
+    /// Names, or prefixes ending in `*` (`AWS_*`); allowlist mode only.
+    pub allow: Vec<String>,
+    /// Variables set for every executor, in the order given.
+    pub set: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -162,6 +206,10 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("execution", "max_state_bytes"),
     ("execution", "retention_hours"),
     ("execution", "retention_max_bytes"),
+    ("execution", "sandbox"),
+    ("execution", "run_as"),
+    ("execution", "pass_key"),
+    ("execution", "environment"),
     ("tls", "enabled"),
     ("tls", "ca_cert"),
     ("tls", "cert"),
@@ -169,6 +217,7 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("tls", "api_url"),
 ];
 const RETRY_KEYS: &[&str] = &["strategy", "interval_secs", "max_duration_secs"];
+const ENVIRONMENT_KEYS: &[&str] = &["mode", "allow", "set"];
 
 /// Loads the configuration. `explicit` says the path came from `--config`, in
 /// which case a missing file is an error; the default `./config.json` may be
@@ -424,6 +473,33 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
         )?
         .unwrap_or(2 * 1024 * 1024 * 1024);
 
+    let sandbox = match src.string("execution", "sandbox", &["FLOMATION_RUNNER_SANDBOX"])? {
+        None => SandboxMode::Auto,
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => SandboxMode::Auto,
+            "required" => SandboxMode::Required,
+            "off" => SandboxMode::Off,
+            _ => {
+                return Err(src.invalid(
+                    "execution.sandbox",
+                    &["FLOMATION_RUNNER_SANDBOX"],
+                    format!("{v:?} is not one of auto, required, off"),
+                ))
+            }
+        },
+    };
+    let run_as =
+        match src.nullable_string("execution", "run_as", &["FLOMATION_RUNNER_RUN_AS"])? {
+            None => None,
+            Some(v) => Some(parse_run_as(&v).map_err(|why| {
+                src.invalid("execution.run_as", &["FLOMATION_RUNNER_RUN_AS"], why)
+            })?),
+        };
+    let pass_key = src
+        .boolean("execution", "pass_key", &["FLOMATION_RUNNER_PASS_KEY"])?
+        .unwrap_or(true);
+    let environment = environment(src)?;
+
     let tls = TlsConfig {
         enabled: src
             .boolean("tls", "enabled", &["MTLS_ENABLED"])?
@@ -474,6 +550,10 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             retention: (retention_hours > 0)
                 .then(|| Duration::from_secs(retention_hours.saturating_mul(3600))),
             retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),
+            sandbox,
+            run_as,
+            pass_key,
+            environment,
         },
         tls,
     })
@@ -585,6 +665,151 @@ fn retry(src: &Source) -> Result<RegistrationRetry, ConfigError> {
         interval: Duration::from_secs(interval),
         max_duration: Duration::from_secs(max_duration),
     })
+}
+
+/// `name`, `uid` or `uid:gid`. A name is looked up at start-up (the
+/// `sandbox` module), where a missing user can be reported with the rest.
+fn parse_run_as(v: &str) -> Result<RunAs, String> {
+    let v = v.trim();
+    let number = |s: &str, what: &str| {
+        s.parse::<u32>().map_err(|_| {
+            format!("{v:?}: the {what} {s:?} is not a number (use NAME, UID or UID:GID)")
+        })
+    };
+    if let Some((uid, gid)) = v.split_once(':') {
+        return Ok(RunAs::Id {
+            uid: number(uid, "uid")?,
+            gid: Some(number(gid, "gid")?),
+        });
+    }
+    if v.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(RunAs::Id {
+            uid: number(v, "uid")?,
+            gid: None,
+        });
+    }
+    if v.contains(|c: char| c.is_whitespace() || c == '/' || c == '\0') {
+        return Err(format!(
+            "{v:?} is not a user name (use NAME, UID or UID:GID)"
+        ));
+    }
+    Ok(RunAs::Name(v.to_string()))
+}
+
+/// `execution.environment` from the file, with `mode` and `allow` also
+/// from `FLOMATION_RUNNER_ENVIRONMENT_MODE` / `_ALLOW` (comma-separated).
+fn environment(src: &Source) -> Result<EnvironmentConfig, ConfigError> {
+    const MODE_VAR: &str = "FLOMATION_RUNNER_ENVIRONMENT_MODE";
+    const ALLOW_VAR: &str = "FLOMATION_RUNNER_ENVIRONMENT_ALLOW";
+    let obj = match src.field("execution", "environment") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) => Some(m),
+        Some(other) => {
+            return Err(src.file_invalid(
+                "execution.environment",
+                format!("expected an object, found {}", kind(other)),
+            ))
+        }
+    };
+    let sub = |k: &str| obj.and_then(|m| m.get(k)).filter(|v| !v.is_null());
+    let parse_mode = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "inherit" => Some(EnvironmentMode::Inherit),
+        "allowlist" => Some(EnvironmentMode::Allowlist),
+        _ => None,
+    };
+    let mode = match (src.env)(MODE_VAR) {
+        Some(v) => parse_mode(&v).ok_or_else(|| {
+            src.env_invalid(MODE_VAR, format!("{v:?} is not one of inherit, allowlist"))
+        })?,
+        None => match sub("mode") {
+            None => EnvironmentMode::Inherit,
+            Some(Value::String(s)) => parse_mode(s).ok_or_else(|| {
+                src.file_invalid(
+                    "execution.environment.mode",
+                    format!("{s:?} is not one of inherit, allowlist"),
+                )
+            })?,
+            Some(other) => {
+                return Err(src.file_invalid(
+                    "execution.environment.mode",
+                    format!("expected a string, found {}", kind(other)),
+                ))
+            }
+        },
+    };
+    let allow: Vec<String> = match (src.env)(ALLOW_VAR) {
+        Some(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => match sub("allow") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+                    other => Err(src.file_invalid(
+                        "execution.environment.allow",
+                        format!("expected variable names, found {}", describe(other)),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(src.file_invalid(
+                    "execution.environment.allow",
+                    format!("expected an array of names, found {}", kind(other)),
+                ))
+            }
+        },
+    };
+    if let Some(bad) = allow
+        .iter()
+        .find(|a| !valid_name(a.strip_suffix('*').unwrap_or(a)))
+    {
+        return Err(src.invalid(
+            "execution.environment.allow",
+            &[ALLOW_VAR],
+            format!("{bad:?} is not a variable name or a prefix ending in *"),
+        ));
+    }
+    if mode == EnvironmentMode::Inherit && !allow.is_empty() {
+        return Err(src.invalid(
+            "execution.environment.allow",
+            &[ALLOW_VAR],
+            "is only used with \"mode\": \"allowlist\" (in inherit mode every variable but the runner's own is passed)".into(),
+        ));
+    }
+    let set = match sub("set") {
+        None => Vec::new(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) if valid_name(k) => Ok((k.clone(), s.clone())),
+                Value::String(_) => Err(src.file_invalid(
+                    "execution.environment.set",
+                    format!("{k:?} is not a variable name"),
+                )),
+                other => Err(src.file_invalid(
+                    &format!("execution.environment.set.{k}"),
+                    format!("expected a string, found {}", describe(other)),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(src.file_invalid(
+                "execution.environment.set",
+                format!("expected an object of strings, found {}", kind(other)),
+            ))
+        }
+    };
+    Ok(EnvironmentConfig { mode, allow, set })
+}
+
+/// A name `execve` can carry: not empty, no `=` and no NUL.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
 }
 
 fn parse_strategy(s: &str) -> Option<RetryStrategy> {
@@ -764,11 +989,14 @@ impl Source<'_> {
             for (key, v) in map {
                 let dotted = format!("{section}.{key}");
                 if KNOWN_KEYS.contains(&(section.as_str(), key.as_str())) {
-                    if dotted == "runner.registration_retry" {
-                        if let Value::Object(r) = v {
-                            for k in r.keys().filter(|k| !RETRY_KEYS.contains(&k.as_str())) {
-                                warnings.push(self.unknown(&format!("{dotted}.{k}")));
-                            }
+                    let sub_keys = match dotted.as_str() {
+                        "runner.registration_retry" => RETRY_KEYS,
+                        "execution.environment" => ENVIRONMENT_KEYS,
+                        _ => &[],
+                    };
+                    if let (false, Value::Object(r)) = (sub_keys.is_empty(), v) {
+                        for k in r.keys().filter(|k| !sub_keys.contains(&k.as_str())) {
+                            warnings.push(self.unknown(&format!("{dotted}.{k}")));
                         }
                     }
                 } else if !SILENT_KEYS.contains(&dotted.as_str()) {
@@ -955,6 +1183,130 @@ mod tests {
         .unwrap();
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w[0].contains("colour") || w[1].contains("colour"));
+    }
+
+    #[test]
+    fn sandbox_settings_default_to_auto_inherit_and_passing_the_key() {
+        let (c, _) = load_with(MIN, &[]).unwrap();
+        assert_eq!(c.execution.sandbox, SandboxMode::Auto);
+        assert_eq!(c.execution.run_as, None);
+        assert!(c.execution.pass_key);
+        assert_eq!(c.execution.environment.mode, EnvironmentMode::Inherit);
+        assert!(c.execution.environment.allow.is_empty());
+        assert!(c.execution.environment.set.is_empty());
+    }
+
+    #[test]
+    fn sandbox_settings_parse_from_the_file_and_the_environment() {
+        let (c, w) = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c"},
+                "execution":{"sandbox":"required","run_as":"1001:1002","pass_key":false,
+                  "environment":{"mode":"allowlist","allow":["AWS_*","HTTPS_PROXY"],"set":{"A":"1"}}}}"#,
+            &[],
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.execution.sandbox, SandboxMode::Required);
+        assert_eq!(
+            c.execution.run_as,
+            Some(RunAs::Id {
+                uid: 1001,
+                gid: Some(1002)
+            })
+        );
+        assert!(!c.execution.pass_key);
+        assert_eq!(c.execution.environment.mode, EnvironmentMode::Allowlist);
+        assert_eq!(c.execution.environment.allow, ["AWS_*", "HTTPS_PROXY"]);
+        assert_eq!(
+            c.execution.environment.set,
+            [("A".to_string(), "1".to_string())]
+        );
+
+        let (c, _) = load_with(
+            MIN,
+            &[
+                ("FLOMATION_RUNNER_SANDBOX", "off"),
+                ("FLOMATION_RUNNER_RUN_AS", "flow-user"),
+                ("FLOMATION_RUNNER_PASS_KEY", "no"),
+                ("FLOMATION_RUNNER_ENVIRONMENT_MODE", "allowlist"),
+                ("FLOMATION_RUNNER_ENVIRONMENT_ALLOW", "AWS_*, GOOGLE_*"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.execution.sandbox, SandboxMode::Off);
+        assert_eq!(c.execution.run_as, Some(RunAs::Name("flow-user".into())));
+        assert!(!c.execution.pass_key);
+        assert_eq!(c.execution.environment.allow, ["AWS_*", "GOOGLE_*"]);
+        let (c, _) = load_with(MIN, &[("FLOMATION_RUNNER_RUN_AS", "1001")]).unwrap();
+        assert_eq!(
+            c.execution.run_as,
+            Some(RunAs::Id {
+                uid: 1001,
+                gid: None
+            })
+        );
+    }
+
+    #[test]
+    fn bad_sandbox_settings_name_the_key_and_the_value() {
+        let bad = |execution: &str, needle: &str| {
+            let json = format!(
+                r#"{{"runner":{{"url":"http://a","registration_code":"c"}},"execution":{execution}}}"#
+            );
+            let e = load_with(&json, &[]).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        bad(
+            r#"{"sandbox":"strict"}"#,
+            "execution.sandbox: \"strict\" is not one of auto, required, off",
+        );
+        bad(
+            r#"{"sandbox":true}"#,
+            "execution.sandbox: expected a string",
+        );
+        bad(r#"{"run_as":"1001:staff"}"#, "execution.run_as");
+        bad(r#"{"run_as":"a user"}"#, "execution.run_as");
+        bad(
+            r#"{"pass_key":"yes"}"#,
+            "execution.pass_key: expected true or false",
+        );
+        bad(
+            r#"{"environment":"inherit"}"#,
+            "execution.environment: expected an object",
+        );
+        bad(
+            r#"{"environment":{"mode":"all"}}"#,
+            "execution.environment.mode",
+        );
+        bad(r#"{"environment":{"allow":["AWS_*"]}}"#, "only used with");
+        bad(
+            r#"{"environment":{"mode":"allowlist","allow":["A=B"]}}"#,
+            "execution.environment.allow",
+        );
+        bad(
+            r#"{"environment":{"set":{"A":1}}}"#,
+            "execution.environment.set.A",
+        );
+        bad(
+            r#"{"environment":{"set":{"A=":"1"}}}"#,
+            "not a variable name",
+        );
+        let e = load_with(MIN, &[("FLOMATION_RUNNER_SANDBOX", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("environment: FLOMATION_RUNNER_SANDBOX"),
+            "{e}"
+        );
+        let (_, w) = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c"},"execution":{"environment":{"mode":"inherit","extra":1}}}"#,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            w.len() == 1 && w[0].contains("execution.environment.extra"),
+            "{w:?}"
+        );
     }
 
     #[test]

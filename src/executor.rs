@@ -160,8 +160,10 @@ pub fn arguments(config: &Config, identity: &Identity, job: &Job, ws: &Workspace
     }
     // Always written by the workspace (§5 passes it "when written").
     push("--context", CONTEXT_FILE);
-    args.push("--key".into());
-    args.push(identity.key_path.clone().into_os_string());
+    if config.execution.pass_key {
+        args.push("--key".into());
+        args.push(identity.key_path.clone().into_os_string());
+    }
     args
 }
 
@@ -175,8 +177,10 @@ pub struct RunOutcome {
 /// Starts the executor in its own process group and supervises it until it
 /// exits: all output goes to `on_output` (from two reader threads), the
 /// watcher may stop it, and leftovers in its group are killed at the end.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &Config,
+    sandbox: &crate::sandbox::Plan,
     dir: &Path,
     args: Vec<OsString>,
     job: &Job,
@@ -191,6 +195,13 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Err(e) = crate::sandbox::apply(&mut cmd, sandbox, dir) {
+        let status = Err(format!("not started: cannot sandbox the executor: {e}"));
+        return RunOutcome {
+            status,
+            stopped: None,
+        };
+    }
     let mut child: Child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

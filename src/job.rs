@@ -34,6 +34,8 @@ pub struct Context {
     pub api: Arc<Api>,
     pub shipper: LogShipper,
     pub watcher: Watcher,
+    /// What executors may see and do, decided at start-up.
+    pub sandbox: crate::sandbox::Plan,
     pub ledger: Ledger,
     pub health: Arc<crate::health::Health>,
     pub shutdown: Shutdown,
@@ -128,6 +130,7 @@ fn run(ctx: &Context, job: &Job) {
         let on_spawn = |pid: u32| open.spawned(pid);
         executor::run(
             &ctx.config,
+            &ctx.sandbox,
             &ws.dir,
             args,
             job,

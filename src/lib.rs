@@ -4,7 +4,8 @@
 //! [`config`] → [`identity`] → [`registration`] → [`poller`] → [`pool`] →
 //! [`workspace`] → [`executor`] → [`report`]. Side services: [`logship`]
 //! (batches log lines), [`cancel`] (one status poller for every running
-//! execution). [`devserver`] is the dev control plane.
+//! execution). [`sandbox`] decides what an executor may see and do.
+//! [`devserver`] is the dev control plane.
 
 pub mod api;
 pub mod backoff;
@@ -35,6 +36,7 @@ pub mod recovery;
 pub mod registration;
 pub mod report;
 pub mod retention;
+pub mod sandbox;
 pub mod shutdown;
 pub mod signing;
 pub mod statedir;

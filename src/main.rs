@@ -26,7 +26,7 @@ use flo_runner::protocol::{zero_time, RegistrationRequest};
 use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
 use flo_runner::statedir::StateDir;
-use flo_runner::{check, executor, fsutil, metrics, poller, recovery, retention};
+use flo_runner::{check, executor, fsutil, metrics, poller, recovery, retention, sandbox};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -147,6 +147,9 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // First, before the process holds anything worth reading: flows of the
+    // same uid must not read /proc/<runner>/environ or mem.
+    let dumpable = sandbox::make_non_dumpable();
     let (mode, path, explicit) = match parse_args() {
         Cli::Go {
             mode,
@@ -156,6 +159,11 @@ fn main() -> ExitCode {
         Cli::Exit(code) => return code,
     };
     init_logging();
+    if let Err(e) = dumpable {
+        log::warn!(
+            "cannot mark the runner non-dumpable (flows of its user may read its memory): {e}"
+        );
+    }
     // No backtraces for users: a panic is a bug, reported in one line.
     std::panic::set_hook(Box::new(|info| {
         log::error!("internal error (please report): {info}");
@@ -239,6 +247,13 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?,
     );
     log::info!("runner identifier {}", identity.identifier);
+    let (sandbox, warnings) =
+        sandbox::Plan::new(&config, &identity.key_path, std::env::vars_os().collect())
+            .map_err(|e| e.to_string())?;
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    log::info!("sandbox: {sandbox}");
     let discovery = executor::discover(&config).map_err(|e| e.to_string())?;
     log::info!("executor version {}", discovery.version.trim());
 
@@ -295,6 +310,7 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         api: api.clone(),
         shipper,
         watcher: watcher.clone(),
+        sandbox,
         ledger,
         health: health.clone(),
         shutdown: shutdown.clone(),
