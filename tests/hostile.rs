@@ -121,6 +121,10 @@ fn an_execution_directory_swapped_for_a_link_gets_no_runner_file_outside() {
     );
     let runner = RunnerSetup::new(&server)
         .set("execution", "executable_name", json!(exe))
+        // Landlock would stop the swap itself (the flow cannot write its
+        // flow directory); this checks the layer under it, the runner's own
+        // directory descriptor.
+        .set("execution", "sandbox", json!("off"))
         .env("HOSTILE_OUTSIDE", &outside.path().to_string_lossy())
         .start();
     let id = server.enqueue(flow(json!([])), json!({}));
@@ -153,6 +157,8 @@ fn a_flow_directory_replaced_with_a_link_is_refused_before_anything_is_written()
     );
     let runner = RunnerSetup::new(&server)
         .set("execution", "executable_name", json!(exe))
+        // As above: without Landlock, to test the directory descriptor.
+        .set("execution", "sandbox", json!("off"))
         .env("HOSTILE_OUTSIDE", &outside.path().to_string_lossy())
         .start();
     let first = server.enqueue(flow(json!([])), json!({"flo_id": "shared-flow"}));
