@@ -29,7 +29,7 @@ use crate::api::Api;
 use crate::flowdir::FlowDir;
 use crate::ids::ExecutionId;
 use crate::journal::{self, Journal, Record};
-use crate::outbox::{Durability, Outbox};
+use crate::outbox::{Durability, Outbox, Reservation};
 use crate::protocol::ExecutionResult;
 use crate::report::RESULT_FILE;
 use crate::statedir::StateDir;
@@ -59,6 +59,8 @@ pub struct Ledger {
 pub struct Open<'a> {
     ledger: &'a Ledger,
     record: Record,
+    /// The result's outbox file, made while the executor runs.
+    reservation: Option<Reservation>,
 }
 
 impl Ledger {
@@ -104,6 +106,7 @@ impl Ledger {
                 Ok(Open {
                     ledger: self,
                     record,
+                    reservation: None,
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(BeginError::AlreadyLive),
@@ -117,7 +120,7 @@ impl Ledger {
     /// Reports an execution that was never begun (refused before its claim:
     /// bad ids, an unreadable pending execution).
     pub fn report_unjournaled(&self, api: &Api, id: &ExecutionId, result: &ExecutionResult) {
-        self.deliver(api, id, &[], result, None);
+        self.deliver(api, id, &[], result, None, None);
     }
 
     fn deliver(
@@ -127,6 +130,7 @@ impl Ledger {
         unsent_lines: &[String],
         result: &ExecutionResult,
         dir: Option<&FlowDir>,
+        reservation: Option<Reservation>,
     ) {
         let body = match serde_json::to_vec(result) {
             Ok(b) => b,
@@ -136,7 +140,7 @@ impl Ledger {
             }
         };
         let batches = crate::logship::batch_bodies(unsent_lines, self.log_batch_lines);
-        let durability = self.outbox.put(id, &batches, &body, false);
+        let durability = self.outbox.put(id, &batches, &body, false, reservation);
         if durability == Durability::Durable {
             crate::failpoint::hit("ledger.result-durable");
         }
@@ -167,6 +171,11 @@ impl Open<'_> {
                 self.record.execution_id
             );
         }
+        // While the executor runs: its result's file and the directory
+        // sync for its name, so the result itself needs one fdatasync.
+        if let Ok(id) = ExecutionId::parse(&self.record.execution_id) {
+            self.reservation = self.ledger.outbox.reserve(&id);
+        }
     }
 
     /// The claim was refused: it is not ours, nothing will be reported.
@@ -193,6 +202,7 @@ impl Open<'_> {
         let Ok(id) = ExecutionId::parse(&self.record.execution_id) else {
             return;
         };
-        self.ledger.deliver(api, &id, unsent_lines, result, dir);
+        self.ledger
+            .deliver(api, &id, unsent_lines, result, dir, self.reservation);
     }
 }

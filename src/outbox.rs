@@ -121,6 +121,15 @@ pub enum Durability {
     InMemory,
 }
 
+/// A result file created empty (its name made durable) while the executor
+/// runs: writing the result into it later takes one fdatasync, with no
+/// rename and no directory sync on the path to the first POST.
+#[derive(Debug)]
+pub struct Reservation {
+    seq: u64,
+    path: PathBuf,
+}
+
 #[derive(Clone)]
 pub struct Outbox {
     shared: Arc<Shared>,
@@ -151,6 +160,12 @@ impl Outbox {
             if let Some((seq, _, _)) = &parsed {
                 // Even a corrupt report's number is never reused.
                 max_seq = max_seq.max(*seq);
+            }
+            if item.metadata()?.len() == 0 {
+                // A reservation never filled: the execution's journal entry
+                // stands for it (recovery reports it).
+                let _ = fs::remove_file(&path);
+                continue;
             }
             match parsed.filter(|_| looks_like_json(&path)) {
                 Some((seq, kind, execution_id)) => {
@@ -212,6 +227,40 @@ impl Outbox {
             .join(format!("{seq:016}.{}.{id}.json", kind.as_str()))
     }
 
+    /// Reserves `id`'s result file. `None` if it cannot be created (the
+    /// result then takes the ordinary way, or memory).
+    pub fn reserve(&self, id: &ExecutionId) -> Option<Reservation> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let seq = self.next_seq();
+        let path = self.path_for(seq, Kind::Result, id);
+        let created = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(fsutil::FILE_MODE)
+            .open(&path)
+            .and_then(|_| self.sync_dir());
+        match created {
+            Ok(()) => Some(Reservation { seq, path }),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                self.shared.state.write_failed("outbox", &e);
+                None
+            }
+        }
+    }
+
+    /// Writes the result into its reserved file, durably (fdatasync).
+    fn fill(reservation: &Reservation, result: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().write(true).open(&reservation.path)?;
+        let written = f.write_all(result).and_then(|()| f.sync_data());
+        if written.is_err() {
+            // Never leave half a result behind: empty means "none yet".
+            let _ = f.set_len(0);
+        }
+        written
+    }
+
     /// Puts an execution's last log batches and its result in the outbox,
     /// durably (each file synced before its rename, one directory sync for
     /// all), before anything is sent: call [`Outbox::flush`] next. A log
@@ -224,16 +273,22 @@ impl Outbox {
         log_batches: &[Vec<u8>],
         result: &[u8],
         uncertain: bool,
+        reservation: Option<Reservation>,
     ) -> Durability {
         let mut added = Vec::new();
+        let mut renamed = false;
+        let reserved = reservation.is_some();
         for body in log_batches {
             let seq = self.next_seq();
             let path = self.path_for(seq, Kind::Logs, id);
             match fsutil::write_synced(&path, body, fsutil::FILE_MODE) {
-                Ok(()) => added.push((
-                    seq,
-                    Entry::new(Kind::Logs, id.clone(), Stored::File(path), false),
-                )),
+                Ok(()) => {
+                    renamed = true;
+                    added.push((
+                        seq,
+                        Entry::new(Kind::Logs, id.clone(), Stored::File(path), false),
+                    ));
+                }
                 Err(e) => {
                     self.shared.state.write_failed("outbox", &e);
                     log::warn!("execution {id}: cannot keep its last log lines in the outbox ({e}); the result carries the log tail");
@@ -241,9 +296,19 @@ impl Outbox {
             }
         }
         crate::failpoint::hit("outbox.logs-written");
-        let seq = self.next_seq();
-        let path = self.path_for(seq, Kind::Result, id);
-        let durability = match fsutil::write_synced(&path, result, fsutil::FILE_MODE) {
+        let (seq, path, written) = match reservation {
+            Some(r) => {
+                let written = Self::fill(&r, result);
+                (r.seq, r.path, written)
+            }
+            None => {
+                let seq = self.next_seq();
+                let path = self.path_for(seq, Kind::Result, id);
+                let written = fsutil::write_synced(&path, result, fsutil::FILE_MODE);
+                (seq, path, written)
+            }
+        };
+        let durability = match written {
             Ok(()) => {
                 added.push((
                     seq,
@@ -252,6 +317,7 @@ impl Outbox {
                 Durability::Durable
             }
             Err(e) => {
+                let _ = fs::remove_file(&path);
                 self.shared.state.write_failed("outbox", &e);
                 log::error!(
                     "execution {id}: cannot write its result to the outbox ({e}); keeping it in memory and sending it until the API acknowledges it"
@@ -264,10 +330,7 @@ impl Outbox {
                 Durability::InMemory
             }
         };
-        if added
-            .iter()
-            .any(|(_, e)| matches!(e.stored, Stored::File(_)))
-        {
+        if renamed || (!reserved && durability == Durability::Durable) {
             // One directory sync makes every rename above durable.
             if let Err(e) = self.sync_dir() {
                 self.shared.state.write_failed("outbox directory sync", &e);
@@ -308,14 +371,17 @@ impl Outbox {
         loop {
             let next = {
                 let mut entries = self.lock();
-                let Some((seq, e)) = entries.iter_mut().find(|(_, e)| &e.execution_id == id) else {
+                let Some(seq) = next_of(&entries, id) else {
+                    return Attempt::Delivered;
+                };
+                let Some(e) = entries.get_mut(&seq) else {
                     return Attempt::Delivered;
                 };
                 if e.sending {
                     return Attempt::Pending;
                 }
                 e.sending = true;
-                *seq
+                seq
             };
             match self.attempt(api, next) {
                 Attempt::Delivered | Attempt::Dead => continue,
@@ -629,16 +695,22 @@ impl Outbox {
                     let mut seen = Vec::new();
                     let mut due = None;
                     let mut wait = Duration::from_secs(3600);
-                    for (seq, e) in entries.iter() {
+                    for e in entries.values() {
                         if seen.contains(&&e.execution_id) {
                             continue;
                         }
                         seen.push(&e.execution_id);
+                        let Some(seq) = next_of(&entries, &e.execution_id) else {
+                            continue;
+                        };
+                        let Some(e) = entries.get(&seq) else {
+                            continue;
+                        };
                         if e.sending {
                             continue;
                         }
                         if e.retry_at <= now {
-                            due = Some(*seq);
+                            due = Some(seq);
                             break;
                         }
                         wait = wait.min(e.retry_at - now);
@@ -675,6 +747,23 @@ impl Entry {
             replacement: false,
         }
     }
+}
+
+/// The report of `id` to send next: its log batches before its result
+/// (a result file is reserved before the last log lines are written, so it
+/// can have the lower number), each in number order.
+fn next_of(entries: &BTreeMap<u64, Entry>, id: &ExecutionId) -> Option<u64> {
+    let mut result = None;
+    for (seq, e) in entries {
+        if &e.execution_id != id {
+            continue;
+        }
+        match e.kind {
+            Kind::Logs => return Some(*seq),
+            Kind::Result => result = result.or(Some(*seq)),
+        }
+    }
+    result
 }
 
 /// `{seq}.{kind}.{execution_id}.json`
@@ -720,11 +809,17 @@ mod tests {
         let outbox = open(dir.path());
         let id = ExecutionId::parse("e1").unwrap();
         let logs = vec![br#"{"lines":["a"]}"#.to_vec()];
-        let put = outbox.put(&id, &logs, br#"{"has_errored":false,"state":{}}"#, false);
+        let put = outbox.put(
+            &id,
+            &logs,
+            br#"{"has_errored":false,"state":{}}"#,
+            false,
+            None,
+        );
         assert_eq!(put, Durability::Durable);
         drop(outbox);
         let out = dir.path().join(OUTBOX_DIR);
-        fs::write(out.join("0000000000000009.result.e2.json"), b"").unwrap();
+        fs::write(out.join("0000000000000009.result.e2.json"), b"{torn").unwrap();
         fs::write(out.join("junk.txt"), b"x").unwrap();
         let again = open(dir.path());
         assert_eq!(again.depth(), 2);
@@ -735,7 +830,7 @@ mod tests {
             .join("0000000000000009.result.e2.json")
             .exists());
         let e3 = ExecutionId::parse("e3").unwrap();
-        again.put(&e3, &[], b"{}", false);
+        again.put(&e3, &[], b"{}", false, None);
         let seq = again.lock().keys().last().copied().unwrap();
         assert!(seq > 9, "sequence continues after what was on disk");
     }
@@ -764,8 +859,45 @@ mod tests {
         let id = ExecutionId::parse("e1").unwrap();
         let seq = *crate::sync::lock(&outbox.shared.next_seq);
         fs::create_dir_all(outbox.path_for(seq, Kind::Result, &id)).unwrap();
-        assert_eq!(outbox.put(&id, &[], b"{}", false), Durability::InMemory);
+        assert_eq!(
+            outbox.put(&id, &[], b"{}", false, None),
+            Durability::InMemory
+        );
         assert!(outbox.has_pending_result(&id));
         assert!(outbox.result_file(&id).is_none());
+    }
+
+    #[test]
+    fn a_reserved_result_is_filled_in_place_and_an_unfilled_one_vanishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(dir.path());
+        let id = ExecutionId::parse("e1").unwrap();
+        let r = outbox.reserve(&id).unwrap();
+        let path = r.path.clone();
+        let logs = vec![br#"{"lines":["last"]}"#.to_vec()];
+        let put = outbox.put(
+            &id,
+            &logs,
+            br#"{"has_errored":false,"state":{}}"#,
+            false,
+            Some(r),
+        );
+        assert_eq!(put, Durability::Durable);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            br#"{"has_errored":false,"state":{}}"#
+        );
+        // The log batch has the higher number but goes first.
+        let entries = outbox.lock();
+        let first = next_of(&entries, &id).unwrap();
+        assert_eq!(entries[&first].kind, Kind::Logs);
+        drop(entries);
+        let e2 = ExecutionId::parse("e2").unwrap();
+        let unfilled = outbox.reserve(&e2).unwrap().path;
+        drop(outbox);
+        let again = open(dir.path());
+        assert!(!unfilled.exists(), "an unfilled reservation is removed");
+        assert_eq!(again.depth(), 2);
+        assert!(!again.has_pending_result(&e2));
     }
 }

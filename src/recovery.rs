@@ -60,7 +60,7 @@ pub fn recover(ledger: &Ledger, kill_grace: Duration, max_log_bytes: usize) -> u
                 }
             }
         };
-        outbox.put(&id, &[], &body, true);
+        outbox.put(&id, &[], &body, true, None);
         recovered += 1;
     }
     recovered
