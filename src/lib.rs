@@ -36,5 +36,6 @@ pub mod retention;
 pub mod shutdown;
 pub mod signing;
 pub mod statedir;
+pub mod supervise;
 pub mod sync;
 pub mod workspace;
