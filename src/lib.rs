@@ -4,7 +4,8 @@
 //! [`config`] → [`identity`] → [`registration`] → [`poller`] → [`pool`] →
 //! [`workspace`] → [`executor`] → [`report`]. Side services: [`logship`]
 //! (batches log lines), [`cancel`] (one status poller for every running
-//! execution). [`devserver`] is the dev control plane.
+//! execution), [`supervise`] (every process an execution starts, from spawn
+//! to reap, escaped or not). [`devserver`] is the dev control plane.
 
 pub mod api;
 pub mod backoff;
