@@ -99,8 +99,8 @@ pub fn init(limits: Limits) {
         cgroups: detected.cgroups,
         live: Mutex::new(HashMap::new()),
     };
-    match (&supervisor.cgroups, &reaper) {
-        (Some(c), _) => {
+    match &supervisor.cgroups {
+        Some(c) => {
             let l = c.limits();
             let mut what = vec!["cgroup.kill".to_string()];
             if let Some(m) = l.memory_max {
@@ -115,7 +115,7 @@ pub fn init(limits: Limits) {
                 what.join(", ")
             );
         }
-        (None, _) => log::info!(
+        None => log::info!(
             "process supervision: no writable cgroup v2 subtree ({}); an execution's processes are found by process group, as orphans of this child subreaper, and by {MARKER_ENV}",
             detected.notes.first().map_or("none found", String::as_str)
         ),
