@@ -52,6 +52,7 @@
 //!    | `{"type":"status","value":V}` | the final `status` is V (any JSON value, e.g. `2` or `"weird"`); overrides `fail` |
 //!    | `{"type":"ignore_sigterm"}` | from now on SIGTERM is ignored, see below; the walk continues with the next node |
 //!    | `{"type":"spawn","ms":N,"stdio":"inherit"\|"null"}` | starts a grandchild `sleep N/1000` (default 60000 ms) that is not waited for, and appends its pid and `\n` to `grandchild.pid`. By default it inherits stdout/stderr (so it keeps the runner's pipes open, like a careless real flow); `"stdio":"null"` detaches it |
+//!    | `{"type":"daemon","ms":N,"stdio":"inherit"\|"null","clear_env":B}` | starts a daemon the way `setsid sleep N/1000 &` in a shell does (default 60000 ms): `sh -c` backgrounds `setsid sleep`, and exits at once, so the `sleep` leads a session and process group of its own and has lost its parent (a double fork); it is not waited for, and its pid and `\n` are appended to `daemon.pid`; the node ends once that pid leads its own session and runs `sleep` (at most 5 s). By default it keeps stdout/stderr (the runner's pipes) open; `"stdio":"null"` detaches it. With `"clear_env":true` it runs under `env -i`, so it does not even inherit the environment |
 //!    | `{"type":"echo_trigger"}` | when `--trigger-data F` was given, stdout line `trigger-data: <content of F>`; when `--context F` was given, `context: <content of F>`. The content has trailing whitespace trimmed and each inner line break replaced by a space. An unreadable file prints `trigger-data: <unreadable: why>` |
 //!    | `{"type":"env"}` | one stdout line `env NAME=VALUE` per environment variable, sorted by name; line breaks in a value are written as `\n` |
 //!    | `{"type":"read_file","path":P,"print":B}` | tries to read P (relative to the working directory): stdout line `read_file P: ok N bytes`, or `read_file P: error: open: <why>` / `read_file P: error: read: <why>` (opening and reading are told apart: `/proc/<pid>/mem` can be opened but not read at offset 0). With `"print": true` each line of the content follows as `read_file P| <line>` |
@@ -508,6 +509,7 @@ fn run_node(node: &Value, id: &str, opts: &Options, walk: &mut Walk) -> Step {
         Some("status") => walk.status = Some(node.get("value").cloned().unwrap_or(Value::Null)),
         Some("ignore_sigterm") => return Step::IgnoreSigterm,
         Some("spawn") => spawn_grandchild(node, id),
+        Some("daemon") => spawn_daemon(node, id),
         Some("echo_trigger") => {
             for (label, file) in [
                 ("trigger-data", &opts.trigger_data),
@@ -671,6 +673,54 @@ fn spawn_grandchild(node: &Value, id: &str) {
             }
         }
         Err(e) => eprintln!("{NAME}: [node {id}] cannot spawn sleep: {e}"),
+    }
+}
+
+fn spawn_daemon(node: &Value, id: &str) {
+    let ms = u64_field(node, "ms", 60_000);
+    let seconds = format!("{}.{:03}", ms / 1000, ms % 1000);
+    let env = if node.get("clear_env").and_then(Value::as_bool) == Some(true) {
+        r#"env -i "$(command -v sleep)""#
+    } else {
+        "sleep"
+    };
+    // The background job of a non-interactive sh stays in sh's process
+    // group, so `setsid` does not fork again: `$!` is the daemon's pid.
+    let script = format!("setsid {env} {seconds} & echo $! >> daemon.pid");
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(script);
+    if str_field(node, "stdio") == "null" {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
+    flush_all();
+    match command.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("{NAME}: [node {id}] the daemon's shell ended with {s}"),
+        Err(e) => eprintln!("{NAME}: [node {id}] cannot run sh for the daemon: {e}"),
+    }
+    // `$!` is written as soon as sh has forked: wait (up to 5 s) until the
+    // daemon is a session leader running `sleep`, so that whoever reads
+    // `daemon.pid` after this node sees the daemon, not its start.
+    let pid = fs::read_to_string("daemon.pid")
+        .ok()
+        .and_then(|t| t.lines().last().and_then(|l| l.trim().parse::<u32>().ok()));
+    if let Some(pid) = pid {
+        for _ in 0..500 {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let session = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.get(s.rfind(')')? + 1..)?.to_string();
+                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
+                });
+            if comm.trim() == "sleep" && session == Some(pid) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

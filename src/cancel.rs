@@ -2,8 +2,9 @@
 //! API for each execution's status every 2 s (PROTOCOL.md §7), one thread
 //! runs the timers (`execution.timeout_secs`, the SIGKILL grace), so a slow
 //! API never delays a kill; shutdown stops executions through the same path.
-//! Stopping is one mechanism for every reason: SIGTERM to the executor's
-//! process group, then SIGKILL after `kill_grace`. An API without `/status`
+//! Stopping is one mechanism for every reason: SIGTERM to the execution's
+//! processes, then SIGKILL after `kill_grace` (each step is
+//! `supervise::ProcessGroup::signal`). An API without `/status`
 //! (PROTOCOL.md §9) cannot cancel: the status thread then asks nothing.
 
 use std::collections::HashMap;
@@ -11,11 +12,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::Signal;
 
 use crate::api::Api;
 use crate::ids::ExecutionId;
 use crate::protocol::COMPLETION_CANCEL;
+use crate::supervise::ProcessGroup;
 
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// The same 15 s as every call but the poll.
@@ -36,7 +38,7 @@ pub enum StopReason {
 }
 
 struct Entry {
-    pgid: Pid,
+    group: Arc<ProcessGroup>,
     deadline: Option<(Instant, Duration)>,
     next_status: Instant,
     stop: Option<(StopReason, Instant, bool)>,
@@ -85,16 +87,13 @@ impl Watcher {
         crate::sync::lock(&self.shared.entries)
     }
 
-    /// Starts watching a spawned executor (`pid` leads its own process group).
-    pub fn register(&self, id: &ExecutionId, pid: u32, timeout: Option<Duration>) {
-        let Some(pgid) = pid_of(pid) else {
-            return;
-        };
+    /// Starts watching a spawned executor.
+    pub fn register(&self, id: &ExecutionId, group: Arc<ProcessGroup>, timeout: Option<Duration>) {
         let now = Instant::now();
         self.lock().insert(
             id.clone(),
             Entry {
-                pgid,
+                group,
                 deadline: timeout.map(|t| (now + t, t)),
                 next_status: now + STATUS_INTERVAL,
                 stop: None,
@@ -104,9 +103,8 @@ impl Watcher {
         self.shared.status_wake.notify_all();
     }
 
-    /// Stops watching; call after the executor exited but BEFORE it is reaped,
-    /// so its process group id cannot have been reused. Returns why it was
-    /// stopped, if it was.
+    /// Stops watching, once the executor exited. Returns why it was stopped,
+    /// if it was.
     pub fn deregister(&self, id: &ExecutionId) -> Option<StopReason> {
         self.lock()
             .remove(id)
@@ -127,30 +125,9 @@ fn begin_stop(id: &ExecutionId, e: &mut Entry, reason: StopReason) {
     if e.stop.is_some() {
         return;
     }
-    log::info!("execution {id}: stopping executor ({reason:?}): SIGTERM to its process group");
-    signal_group(e.pgid, Signal::Term);
+    log::info!("execution {id}: stopping executor ({reason:?}): SIGTERM to its processes");
+    e.group.signal(Signal::Term);
     e.stop = Some((reason, Instant::now(), false));
-}
-
-/// The process (group) id for `pid`, when it is one (not 0, fits an i32).
-pub fn pid_of(pid: u32) -> Option<Pid> {
-    i32::try_from(pid).ok().and_then(Pid::from_raw)
-}
-
-fn signal_group(pgid: Pid, signal: Signal) {
-    if let Err(e) = kill_process_group(pgid, signal) {
-        if e != rustix::io::Errno::SRCH {
-            log::warn!("signalling process group {}: {e}", pgid.as_raw_nonzero());
-        }
-    }
-}
-
-/// Kills whatever is left in a finished executor's process group (grandchildren
-/// it left behind), so they cannot hold its output pipes open forever.
-pub fn kill_leftovers(pid: u32) {
-    if let Some(pgid) = pid_of(pid) {
-        let _ = kill_process_group(pgid, Signal::Kill);
-    }
 }
 
 /// Timers: execution timeouts and SIGKILL after the grace period. Never
@@ -173,10 +150,10 @@ fn watch_timers(shared: &Shared) {
             if let Some((_, term_at, killed)) = &mut e.stop {
                 if !*killed && now >= *term_at + shared.kill_grace {
                     log::warn!(
-                        "execution {id}: still running {} s after SIGTERM; SIGKILL to its process group",
+                        "execution {id}: still running {} s after SIGTERM; SIGKILL to its processes",
                         shared.kill_grace.as_secs()
                     );
-                    signal_group(e.pgid, Signal::Kill);
+                    e.group.signal(Signal::Kill);
                     *killed = true;
                 }
             }

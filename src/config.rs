@@ -108,6 +108,10 @@ pub struct ExecutionConfig {
     /// cannot read the key file either.
     pub pass_key: bool,
     pub environment: EnvironmentConfig,
+    /// `memory.max` of each execution's cgroup (where cgroups are delegated).
+    pub memory_max_bytes: Option<u64>,
+    /// `pids.max` of each execution's cgroup (where cgroups are delegated).
+    pub pids_max: Option<u64>,
 }
 
 /// `execution.sandbox`.
@@ -210,6 +214,8 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("execution", "run_as"),
     ("execution", "pass_key"),
     ("execution", "environment"),
+    ("execution", "memory_max_bytes"),
+    ("execution", "pids_max"),
     ("tls", "enabled"),
     ("tls", "ca_cert"),
     ("tls", "cert"),
@@ -472,6 +478,26 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             &["FLOMATION_RUNNER_RETENTION_MAX_BYTES"],
         )?
         .unwrap_or(2 * 1024 * 1024 * 1024);
+    // Unset (or 0) = no limit: a limit that kills flows must be chosen.
+    let memory_max_bytes = src
+        .uint(
+            "execution",
+            "memory_max_bytes",
+            &["FLOMATION_RUNNER_MEMORY_MAX_BYTES"],
+        )?
+        .filter(|v| *v > 0);
+    // Below a megabyte nothing starts, and the executor fails to spawn with
+    // an error that does not say why.
+    if let Some(m) = memory_max_bytes.filter(|m| *m < 1 << 20) {
+        return Err(src.invalid(
+            "execution.memory_max_bytes",
+            &["FLOMATION_RUNNER_MEMORY_MAX_BYTES"],
+            format!("{m} is too small (at least 1048576, or 0 for no limit)"),
+        ));
+    }
+    let pids_max = src
+        .uint("execution", "pids_max", &["FLOMATION_RUNNER_PIDS_MAX"])?
+        .filter(|v| *v > 0);
 
     let sandbox = match src.string("execution", "sandbox", &["FLOMATION_RUNNER_SANDBOX"])? {
         None => SandboxMode::Auto,
@@ -554,6 +580,8 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             run_as,
             pass_key,
             environment,
+            memory_max_bytes,
+            pids_max,
         },
         tls,
     })
@@ -1088,6 +1116,25 @@ mod tests {
         assert_eq!(c.execution.max_log_bytes, 1_048_576);
         assert_eq!(c.execution.log_batch_lines, 1000);
         assert_eq!(c.execution.log_flush, Duration::from_millis(500));
+        assert_eq!(c.execution.memory_max_bytes, None);
+        assert_eq!(c.execution.pids_max, None);
+    }
+
+    #[test]
+    fn execution_limits_are_optional_and_checked() {
+        let json = r#"{"runner":{"url":"http://a","registration_code":"c"},
+            "execution":{"memory_max_bytes":268435456,"pids_max":0}}"#;
+        let (c, w) = load_with(json, &[("FLOMATION_RUNNER_PIDS_MAX", "64")]).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.execution.memory_max_bytes, Some(268_435_456));
+        assert_eq!(c.execution.pids_max, Some(64));
+        let e = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c"},"execution":{"memory_max_bytes":4096}}"#,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("execution.memory_max_bytes"), "{e}");
     }
 
     #[test]

@@ -1,26 +1,26 @@
 //! The executor subprocess (PROTOCOL.md §7): discovery at start-up, the exact
-//! argument list, and one supervised run per execution.
+//! argument list, and one supervised run per execution (the supervision
+//! itself, processes and pipes, is `supervise`'s).
 
 use std::ffi::OsString;
-use std::io::{self, Read};
-use std::os::unix::process::CommandExt;
+use std::io;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
+use std::process::{Command, ExitStatus};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
 use serde_json::Value;
 
-use crate::cancel::{self, StopReason, Watcher};
+use crate::cancel::{StopReason, Watcher};
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::output::Output;
+use crate::supervise::{self, ProcessGroup, Readers, Spawned, DRAIN_TIMEOUT};
 use crate::workspace::{Job, Workspace, CONTEXT_FILE, FLOW_FILE, TRIGGER_FILE};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long to wait for output pipes to close after the executor exited and
-/// its leftovers were killed (a grandchild that escaped the group may hold them).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -63,11 +63,7 @@ pub fn discover(config: &Config) -> Result<Discovery, DiscoveryError> {
             why,
         };
         let mut cmd = command(config);
-        cmd.args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).current_dir(dir);
         let (status, stdout, stderr) =
             run_bounded(cmd, DISCOVERY_TIMEOUT).map_err(|e| fail(e.to_string()))?;
         if !status.success() {
@@ -91,44 +87,53 @@ pub fn discover(config: &Config) -> Result<Discovery, DiscoveryError> {
 }
 
 /// Runs a short command with a deadline, collecting (bounded) output.
-fn run_bounded(mut cmd: Command, limit: Duration) -> io::Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
-    cmd.process_group(0);
-    let mut child = cmd.spawn()?;
-    let out = child.stdout.take().map(|s| collect(s, 1 << 20));
-    let err = child.stderr.take().map(|s| collect(s, 64 << 10));
-    // A blocking wait on its own thread, so a quick executor is seen at once
-    // (a polling loop made each discovery run cost at least one sleep).
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = match rx.recv_timeout(limit) {
-        Ok(status) => status?,
-        Err(_) => {
-            cancel::kill_leftovers(pid);
-            let _ = rx.recv();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("did not finish within {} s", limit.as_secs()),
-            ));
-        }
-    };
-    cancel::kill_leftovers(pid);
-    let join =
-        |h: Option<thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
-    Ok((status, join(out), join(err)))
+/// Supervised like an execution: whatever it leaves running is killed, and
+/// its pipes are given up after the drain time even if something holds them.
+fn run_bounded(cmd: Command, limit: Duration) -> io::Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
+    let started = ProcessGroup::spawn(cmd, "executor discovery".into(), None)?;
+    let group = started.group;
+    let mut readers = Readers::new("executor discovery")?;
+    let out = collect(&mut readers, "stdout", started.stdout, 1 << 20);
+    let err = collect(&mut readers, "stderr", started.stderr, 64 << 10);
+    let exited = group.wait_exit(Some(limit));
+    if !exited {
+        group.signal(Signal::Kill);
+        group.wait_exit(None);
+    }
+    let finished = group.finish();
+    readers.finish(Instant::now() + DRAIN_TIMEOUT);
+    if !exited {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("did not finish within {} s", limit.as_secs()),
+        ));
+    }
+    let status = finished.status?;
+    let take = |c: Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *crate::sync::lock(&c));
+    Ok((status, take(out), take(err)))
 }
 
-fn collect<R: Read + Send + 'static>(source: R, cap: u64) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut limited = source.take(cap);
-        let _ = limited.read_to_end(&mut buf);
-        // Keep draining so the child never blocks on a full pipe.
-        let _ = io::copy(&mut limited.into_inner(), &mut io::sink());
-        buf
-    })
+/// Reads `pipe` to its end, keeping the first `cap` bytes exactly as written
+/// and draining the rest so the child never blocks on a full pipe.
+fn collect(
+    readers: &mut Readers,
+    name: &'static str,
+    pipe: Option<std::os::fd::OwnedFd>,
+    cap: u64,
+) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    if let Some(pipe) = pipe {
+        let kept = buf.clone();
+        readers.spawn(name, pipe, move |source| {
+            use std::io::Read;
+            let mut bytes = Vec::new();
+            let mut limited = source.take(cap);
+            let _ = limited.read_to_end(&mut bytes);
+            *crate::sync::lock(&kept) = bytes;
+            let _ = io::copy(&mut limited.into_inner(), &mut io::sink());
+        });
+    }
+    buf
 }
 
 /// The executor's arguments, in the order of PROTOCOL.md §7 (after the
@@ -174,9 +179,10 @@ pub struct RunOutcome {
     pub stopped: Option<StopReason>,
 }
 
-/// Starts the executor in its own process group and supervises it until it
-/// exits: all output goes to `on_output` (from two reader threads), the
-/// watcher may stop it, and leftovers in its group are killed at the end.
+/// Starts the executor supervised (`supervise::ProcessGroup`) and follows
+/// it until it exits: all output goes to `on_output` (from two reader
+/// threads), the watcher may stop it, and everything it leaves running is
+/// killed at the end and named in a last output line.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     config: &Config,
@@ -185,16 +191,14 @@ pub fn run(
     args: Vec<OsString>,
     job: &Job,
     watcher: &Watcher,
-    on_spawn: impl FnOnce(u32),
-    on_output: impl Fn(crate::output::Output) + Send + Sync + 'static,
+    on_spawn: impl FnOnce(&Spawned),
+    on_output: impl Fn(Output) + Send + Sync + 'static,
 ) -> RunOutcome {
+    let id = &job.execution_id;
     let mut cmd = Command::new(&config.execution.program);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.args(args).current_dir(dir);
+    // The sandbox (environment, Landlock, run_as) before supervision adds
+    // its part at spawn (stdio, process group, cgroup, execution marker).
     if let Err(e) = crate::sandbox::apply(&mut cmd, sandbox, dir) {
         let status = Err(format!("not started: cannot sandbox the executor: {e}"));
         return RunOutcome {
@@ -202,8 +206,9 @@ pub fn run(
             stopped: None,
         };
     }
-    let mut child: Child = match cmd.spawn() {
-        Ok(c) => c,
+    let label = format!("execution {id}");
+    let started = match ProcessGroup::spawn(cmd, label.clone(), Some(id.as_str())) {
+        Ok(s) => s,
         Err(e) => {
             return RunOutcome {
                 status: Err(format!(
@@ -214,85 +219,44 @@ pub fn run(
             }
         }
     };
-    let pid = child.id();
-    on_spawn(pid);
-    watcher.register(&job.execution_id, pid, config.execution.timeout);
+    let group = started.group;
+    on_spawn(&group.spawned());
+    watcher.register(id, group.clone(), config.execution.timeout);
 
-    let on_output = std::sync::Arc::new(on_output);
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(2);
-    let mut readers = 0;
-    for (name, pipe) in [
-        (
-            "stdout",
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        (
-            "stderr",
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-    ] {
-        let Some(pipe) = pipe else { continue };
-        let on_output = on_output.clone();
-        let done = done_tx.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("exec-{name}"))
-            .spawn(move || {
-                if let Err(e) = crate::output::read_lines(pipe, |o| on_output(o)) {
-                    log::warn!("reading executor {name}: {e}");
-                }
-                let _ = done.send(());
-            });
-        match spawned {
-            Ok(_) => readers += 1,
-            Err(e) => log::error!("cannot start a reader thread for executor {name}: {e}"),
+    let on_output = Arc::new(on_output);
+    let pipes: Vec<_> = [("stdout", started.stdout), ("stderr", started.stderr)]
+        .into_iter()
+        .filter_map(|(name, fd)| fd.map(|fd| (name, fd)))
+        .collect();
+    let readers = match Readers::lines(&label, pipes, on_output.clone()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::error!("{label}: cannot read its output ({e}); its pipes are closed");
+            None
         }
-    }
-    drop(done_tx);
+    };
 
-    // Wait for the exit without reaping, so the group id stays ours while the
-    // watcher might still signal it; then deregister, clean up, and reap.
-    wait_exited(pid);
-    let stopped = watcher.deregister(&job.execution_id);
-    cancel::kill_leftovers(pid);
-    let status = child
-        .wait()
+    // Exited, not reaped: its process group id stays ours while leftovers
+    // are found and killed; `finish` reaps it after.
+    group.wait_exit(None);
+    let stopped = watcher.deregister(id);
+    let finished = group.finish();
+    let status = finished
+        .status
         .map_err(|e| format!("waiting for the executor failed: {e}"));
-
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    for _ in 0..readers {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
+    if let Some(readers) = readers {
+        if !readers.finish(Instant::now() + DRAIN_TIMEOUT) {
             log::warn!(
-                "execution {}: executor output still open {} s after it exited (a process outside its group holds it); not waiting",
-                job.execution_id,
+                "{label}: executor output still open {} s after it exited and its leftovers were killed (a process out of reach holds it); stopped reading",
                 DRAIN_TIMEOUT.as_secs()
             );
-            break;
         }
+    }
+    // After the readers: the last line of the output, in the result's logs.
+    if let Some(line) = supervise::leftover_line(&finished.leftovers) {
+        on_output(Output::Line(line));
     }
     RunOutcome { status, stopped }
-}
-
-fn wait_exited(pid: u32) {
-    use rustix::process::{waitid, WaitId, WaitidOptions};
-    let Some(pid) = cancel::pid_of(pid) else {
-        return;
-    };
-    loop {
-        match waitid(
-            WaitId::Pid(pid),
-            WaitidOptions::EXITED | WaitidOptions::NOWAIT,
-        ) {
-            Err(rustix::io::Errno::INTR) => continue,
-            _ => return,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -301,10 +265,7 @@ mod tests {
 
     fn sh(script: &str) -> Command {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(["-c", script]);
         cmd
     }
 
@@ -329,7 +290,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        let group = cancel::pid_of(pid).unwrap();
+        let group = supervise::pid_of(pid).unwrap();
         // The leader is reaped; the backgrounded sleep was killed with it.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while rustix::process::test_kill_process_group(group).is_ok() {
@@ -337,7 +298,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "group {pid} still alive"
             );
-            thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

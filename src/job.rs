@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::executor;
 use crate::identity::Identity;
 use crate::ids::ExecutionId;
-use crate::journal::{self, Record};
+use crate::journal::Record;
 use crate::ledger::{BeginError, Ledger, Open};
 use crate::logship::LogShipper;
 use crate::output::{LogTail, Output, OutputFile};
@@ -74,7 +74,8 @@ fn run(ctx: &Context, job: &Job) {
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         pid: None,
         pid_start: None,
-        boot_id: journal::boot_id(),
+        boot_id: crate::supervise::boot_id(),
+        cgroup: None,
     };
     // The journal entry is durable before the claim goes out: if the runner
     // dies from here on, the next start knows this execution.
@@ -127,7 +128,7 @@ fn run(ctx: &Context, job: &Job) {
         let sink = sink.clone();
         let shipper = ctx.shipper.clone();
         let line_id = id.clone();
-        let on_spawn = |pid: u32| open.spawned(pid);
+        let on_spawn = |spawned: &crate::supervise::Spawned| open.spawned(spawned);
         executor::run(
             &ctx.config,
             &ctx.sandbox,

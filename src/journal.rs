@@ -4,8 +4,10 @@
 //!
 //! - `{"start": {record}}` when work arrives, durable (fdatasync) before the
 //!   claim is sent;
-//! - `{"pid": {...}}` once the executor is spawned (no fsync: a pid means
-//!   nothing after a reboot, and a runner crash keeps the page cache);
+//! - `{"pid": {...}}` once the executor is spawned: its pid, start time and
+//!   cgroup, the identity `supervise` needs to stop what is left of it (no
+//!   fsync: a pid means nothing after a reboot, and a runner crash keeps the
+//!   page cache);
 //! - `{"done": "id"}` once the API has acknowledged the result, durable
 //!   before the outbox entry is removed.
 //!
@@ -60,6 +62,9 @@ pub struct Record {
     pub pid_start: Option<u64>,
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// The execution's cgroup, when it had one (`supervise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The executor of a running execution, once spawned.
@@ -69,6 +74,8 @@ struct Spawned {
     pid: u32,
     #[serde(default)]
     pid_start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<PathBuf>,
 }
 
 /// One line of the log.
@@ -163,6 +170,7 @@ impl Journal {
             execution_id: record.execution_id.clone(),
             pid,
             pid_start: record.pid_start,
+            cgroup: record.cgroup.clone(),
         });
         let mut inner = self.lock();
         inner
@@ -244,6 +252,7 @@ fn replay(path: &Path, bytes: &[u8], live: &mut HashMap<String, Record>) {
                 if let Some(r) = live.get_mut(&s.execution_id) {
                     r.pid = Some(s.pid);
                     r.pid_start = s.pid_start;
+                    r.cgroup = s.cgroup;
                 }
             }
             Ok(Line::Done(id)) => {
@@ -308,32 +317,6 @@ fn rewrite(dir: &Path, live: &HashMap<String, Record>) -> io::Result<(Arc<File>,
     Ok((Arc::new(file), body.len() as u64))
 }
 
-/// Start time of `pid` in clock ticks since boot, from /proc.
-pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Fields after the name start at field 3; starttime is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-pub fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-/// Whether the process recorded in `record` is still the same, live process.
-pub fn still_running(record: &Record) -> bool {
-    let (Some(pid), Some(start)) = (record.pid, record.pid_start) else {
-        return false;
-    };
-    if record.boot_id.is_some() && record.boot_id != boot_id() {
-        return false;
-    }
-    process_start(pid) == Some(start)
-}
-
 /// A journal entry for tests: execution `id` of flow `f`, in `dir`, not
 /// spawned yet.
 #[cfg(test)]
@@ -346,30 +329,13 @@ pub(crate) fn test_record(id: &str, dir: &Path) -> Record {
         pid: None,
         pid_start: None,
         boot_id: None,
+        cgroup: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_start_time_is_readable_and_stable() {
-        let me = std::process::id();
-        let a = process_start(me).unwrap();
-        assert_eq!(process_start(me), Some(a));
-        let r = Record {
-            pid: Some(me),
-            pid_start: Some(a),
-            boot_id: boot_id(),
-            ..test_record("e", Path::new("/tmp"))
-        };
-        assert!(still_running(&r));
-        assert!(!still_running(&Record {
-            pid_start: Some(a + 1),
-            ..r.clone()
-        }));
-    }
 
     #[test]
     fn live_entries_survive_a_reopen_with_their_pid_and_finished_ones_do_not() {
@@ -381,6 +347,7 @@ mod tests {
         j.record(&b).unwrap();
         a.pid = Some(42);
         a.pid_start = Some(7);
+        a.cgroup = Some(PathBuf::from("/sys/fs/cgroup/flo-exec-1-0-a"));
         j.update(&a).unwrap();
         j.done(&ExecutionId::parse("b").unwrap()).unwrap();
         assert!(j.is_live("a") && !j.is_live("b"));

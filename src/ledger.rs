@@ -4,8 +4,8 @@
 //! 1. [`Ledger::begin`]: the journal's `start` line is durable before the
 //!    claim goes out, so an execution the server counts as ours is one the
 //!    next start knows about.
-//! 2. [`Open::spawned`]: the executor's pid and start time (recovery stops
-//!    what is left of its process group).
+//! 2. [`Open::spawned`]: the executor's pid, start time and cgroup (recovery
+//!    stops what is left of its processes).
 //! 3. [`Open::settle`]: the result is durable in the outbox (file synced
 //!    before its rename, the directory after) before the first POST. If the
 //!    outbox cannot be written, the result is kept in memory and sent until
@@ -28,11 +28,12 @@ use std::io;
 use crate::api::Api;
 use crate::flowdir::FlowDir;
 use crate::ids::ExecutionId;
-use crate::journal::{self, Journal, Record};
+use crate::journal::{Journal, Record};
 use crate::outbox::{Durability, Outbox, Reservation};
 use crate::protocol::ExecutionResult;
 use crate::report::RESULT_FILE;
 use crate::statedir::StateDir;
+use crate::supervise::Spawned;
 
 /// Why an execution cannot begin.
 #[derive(Debug, thiserror::Error)]
@@ -160,11 +161,13 @@ impl Open<'_> {
         &self.record.execution_id
     }
 
-    /// Step 2: the executor is running as `pid` (not synced: a pid means
-    /// nothing after a reboot, and a runner crash keeps the page cache).
-    pub fn spawned(&mut self, pid: u32) {
-        self.record.pid = Some(pid);
-        self.record.pid_start = journal::process_start(pid);
+    /// Step 2: the executor is running: its identity (pid, start time,
+    /// cgroup; not synced: a pid means nothing after a reboot, and a runner
+    /// crash keeps the page cache).
+    pub fn spawned(&mut self, spawned: &Spawned) {
+        self.record.pid = Some(spawned.pid);
+        self.record.pid_start = spawned.start;
+        self.record.cgroup = spawned.cgroup.clone();
         if let Err(e) = self.ledger.journal.update(&self.record) {
             log::warn!(
                 "execution {}: cannot record its executor's pid: {e}",

@@ -4,8 +4,9 @@
 //! [`config`] → [`identity`] → [`registration`] → [`poller`] → [`pool`] →
 //! [`workspace`] → [`executor`] → [`report`]. Side services: [`logship`]
 //! (batches log lines), [`cancel`] (one status poller for every running
-//! execution). [`sandbox`] decides what an executor may see and do.
-//! [`devserver`] is the dev control plane.
+//! execution), [`supervise`] (every process an execution starts, from spawn
+//! to reap, escaped or not). [`sandbox`] decides what an executor may see
+//! and do. [`devserver`] is the dev control plane.
 
 pub mod api;
 pub mod backoff;
@@ -40,5 +41,6 @@ pub mod sandbox;
 pub mod shutdown;
 pub mod signing;
 pub mod statedir;
+pub mod supervise;
 pub mod sync;
 pub mod workspace;

@@ -26,7 +26,9 @@ use flo_runner::protocol::{zero_time, RegistrationRequest};
 use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
 use flo_runner::statedir::StateDir;
-use flo_runner::{check, executor, fsutil, metrics, poller, recovery, retention, sandbox};
+use flo_runner::{
+    check, executor, fsutil, metrics, poller, recovery, retention, sandbox, supervise,
+};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -247,6 +249,12 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?,
     );
     log::info!("runner identifier {}", identity.identifier);
+    // Before the first child (discovery): the runner becomes the subreaper
+    // of everything it starts, and per-execution cgroups are found.
+    supervise::init(supervise::Limits {
+        memory_max: config.execution.memory_max_bytes,
+        pids_max: config.execution.pids_max,
+    });
     let (sandbox, warnings) =
         sandbox::Plan::new(&config, &identity.key_path, std::env::vars_os().collect())
             .map_err(|e| e.to_string())?;
@@ -368,6 +376,8 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     // Park until a signal.
     while !shutdown.sleep(Duration::from_secs(3600)) {}
     drain(&config, &shutdown, &watcher, &pool, &gate);
+    // Anything still in the runner's process tree would outlive it.
+    supervise::stop_orphans();
     let left = outbox.depth();
     if left > 0 {
         log::warn!(

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub results_already_delivered: AtomicU64,
     /// Results kept in memory because the outbox could not be written.
     pub results_in_memory: AtomicU64,
+    /// Processes an execution left behind (escaped or not) that were killed.
+    pub leftover_processes_killed: AtomicU64,
     /// What the API was found to have: its generation, whether it streams
     /// logs and whether it can cancel (`None`: nothing found yet).
     api: Mutex<Option<(Generation, bool, bool)>>,
@@ -263,6 +265,13 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "gauge",
         "Results held in memory because the outbox could not be written.",
         m.results_in_memory.load(Ordering::Relaxed),
+    );
+    single(
+        out,
+        "flo_runner_leftover_processes_killed_total",
+        "counter",
+        "Processes an execution left running after its executor exited (daemons, setsid, double forks), or that outlived a previous runner, and that were killed.",
+        m.leftover_processes_killed.load(Ordering::Relaxed),
     );
     single(
         out,

@@ -1,7 +1,8 @@
 //! Crash recovery at start-up: every journal entry a previous run left
 //! (started, not done) is an execution that was running, or whose result was
-//! not yet acknowledged, when the runner died. What is left of its process
-//! group is stopped (members proven to be the same processes by boot id and
+//! not yet acknowledged, when the runner died. What is left of its processes
+//! is stopped by `supervise::stop_remains` (its cgroup, its process group,
+//! its marked descendants; each proven to be the execution's by boot id and
 //! start time, so a reused pid is never signalled), and its result is queued
 //! unless the outbox already holds one, as *uncertain*: the outbox asks the
 //! API whether it already has a result before sending (ledger.rs).
@@ -9,12 +10,9 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::{Duration, Instant};
-
-use rustix::process::{kill_process_group, Signal};
+use std::time::Duration;
 
 use crate::ids::ExecutionId;
-use crate::journal::{self, Record};
 use crate::ledger::Ledger;
 use crate::output::OUTPUT_FILE;
 use crate::protocol::ExecutionResult;
@@ -29,7 +27,8 @@ pub fn recover(ledger: &Ledger, kill_grace: Duration, max_log_bytes: usize) -> u
         let Ok(id) = ExecutionId::parse(&record.execution_id) else {
             continue;
         };
-        stop_leftovers(&record, kill_grace);
+        // Every remaining process of it, the leader alive or not.
+        crate::supervise::stop_remains(&record, kill_grace);
         if outbox.has_pending_result(&id) {
             // The result was in the outbox when the runner died: the outbox
             // delivers it (asking first) and then finishes the entry.
@@ -71,74 +70,6 @@ fn produced_result(dir: &Path) -> Option<Vec<u8>> {
     let body = std::fs::read(dir.join(crate::report::RESULT_FILE)).ok()?;
     serde_json::from_slice::<ExecutionResult>(&body).ok()?;
     Some(body)
-}
-
-/// Whether the recorded process group is provably the execution's, and if
-/// so, whether anything is left in it.
-fn group_left(record: &Record) -> Option<rustix::process::Pid> {
-    let (Some(pid), Some(start)) = (record.pid, record.pid_start) else {
-        return None;
-    };
-    if record.boot_id.is_some() && record.boot_id != journal::boot_id() {
-        return None;
-    }
-    let pgid = crate::cancel::pid_of(pid)?;
-    match journal::process_start(pid) {
-        // The leader itself: the same process, so the group is the same.
-        Some(s) if s == start => Some(pgid),
-        // The pid now belongs to another process, so the group number
-        // (the leader's pid) may too: leave it alone.
-        Some(_) => None,
-        // The leader is gone. While any member of its group lives the
-        // kernel does not reuse its pid, so a member started after the
-        // leader is one of the execution's.
-        None => group_members(pid, start).then_some(pgid),
-    }
-}
-
-/// Whether some process is in group `pgid` and started at or after `start`.
-fn group_members(pgid: u32, start: u64) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .any(|pid| {
-            stat_fields(pid).is_some_and(|(group, started)| group == pgid && started >= start)
-        })
-}
-
-/// The process group (field 5) and start time (field 22) of `pid`.
-fn stat_fields(pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state).
-    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
-}
-
-/// SIGTERM to what is left of the execution's process group, SIGKILL after
-/// `grace`, whether or not the executor itself is still alive.
-fn stop_leftovers(record: &Record, grace: Duration) {
-    let Some(pgid) = group_left(record) else {
-        return;
-    };
-    let (Some(pid), Some(start)) = (record.pid, record.pid_start) else {
-        return;
-    };
-    log::warn!(
-        "execution {}: its process group (executor pid {pid}) outlived the previous runner; stopping it",
-        record.execution_id
-    );
-    let _ = kill_process_group(pgid, Signal::Term);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline && group_members(pid, start) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Whatever is left in the group (the leader may be gone, members not).
-    if group_members(pid, start) {
-        let _ = kill_process_group(pgid, Signal::Kill);
-    }
 }
 
 /// The last `cap` bytes of a file, from a line start, as text.
@@ -226,16 +157,5 @@ mod tests {
             .collect();
         assert_eq!(files.len(), 1);
         assert_eq!(std::fs::read(files[0].path()).unwrap(), produced);
-    }
-
-    #[test]
-    fn own_group_fields_are_read() {
-        let me = std::process::id();
-        let (group, start) = stat_fields(me).unwrap();
-        assert_eq!(Some(start), journal::process_start(me));
-        assert_eq!(
-            group,
-            rustix::process::getpgrp().as_raw_nonzero().get() as u32
-        );
     }
 }

@@ -249,7 +249,15 @@ fn leftover_grandchildren_do_not_hold_up_the_result() {
     );
     let result = only_result(&e);
     assert_eq!(result["has_errored"], false, "{result:#?}");
-    assert_eq!(logs_of(&result), "[node #2] done");
+    // The two grandchildren are named in the result's last line.
+    let logs = logs_of(&result);
+    let (first, last) = logs.split_once('\n').expect("two lines");
+    assert_eq!(first, "[node #2] done");
+    assert!(
+        last.starts_with("[flo-runner] stopped 2 leftover process(es) of this execution: pid ")
+            && last.matches("(sleep)").count() == 2,
+        "{last}"
+    );
     assert_all_gone(&runner, &runner.exec_dir("flo-leftovers", &id), 2);
 }
 
