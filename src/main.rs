@@ -251,10 +251,13 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
     log::info!("runner identifier {}", identity.identifier);
     // Before the first child (discovery): the runner becomes the subreaper
     // of everything it starts, and per-execution cgroups are found.
-    supervise::init(supervise::Limits {
-        memory_max: config.execution.memory_max_bytes,
-        pids_max: config.execution.pids_max,
-    });
+    supervise::init(
+        supervise::Limits {
+            memory_max: config.execution.memory_max_bytes,
+            pids_max: config.execution.pids_max,
+        },
+        config.execution.cgroups,
+    );
     let (sandbox, warnings) =
         sandbox::Plan::new(&config, &identity.key_path, std::env::vars_os().collect())
             .map_err(|e| e.to_string())?;

@@ -45,8 +45,8 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use landlock::{
-    Access, AccessFs, PathBeneath, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
-    RulesetError, Scope, ABI,
+    Access, AccessFs, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, Scope,
+    ABI,
 };
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -176,6 +176,11 @@ struct Landlock {
     /// Files inside protected paths that executors may read and execute:
     /// the key when it is passed, the executor program when it lives there.
     readable: Vec<PathBuf>,
+    /// Every rule but the execution's own directory, found once (walking
+    /// `/` per execution cost milliseconds) and reused for each ruleset.
+    /// Entries created later in a directory above a protected path are
+    /// therefore not granted: that fails closed.
+    granted: std::sync::OnceLock<Vec<(OwnedFd, landlock::BitFlags<AccessFs>)>>,
 }
 
 impl Plan {
@@ -474,6 +479,7 @@ impl Landlock {
             protected_ids,
             ancestors,
             readable,
+            granted: std::sync::OnceLock::new(),
         }
     }
 
@@ -485,38 +491,49 @@ impl Landlock {
             .handle_access(all)?
             .scope(Scope::Signal)?
             .create()?;
-        let open_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source: io::Error| SandboxError::Open { path, source }
-        };
-        let root = Path::new("/");
-        // Names are not what is protected; without this `ls /` would fail.
-        let root_fd = open_path(root).map_err(open_err(root))?;
-        rs = rs.add_rule(PathBeneath::new(root_fd, AccessFs::ReadDir))?;
-        self.grant_outside(&mut rs, root, all)?;
-        rs = rs.add_rule(PathBeneath::new(own, all))?;
-        let read = AccessFs::from_read(TARGET_ABI);
-        for p in &self.readable {
-            let fd = open_path(p).map_err(open_err(p))?;
-            rs = rs.add_rule(PathBeneath::new(fd, read))?;
+        for (fd, access) in self.granted() {
+            rs = rs.add_rule(PathBeneath::new(fd, *access))?;
         }
+        rs = rs.add_rule(PathBeneath::new(own, all))?;
         Option::<OwnedFd>::from(rs).ok_or(SandboxError::Vanished)
+    }
+
+    /// The rules every execution gets, found on first use.
+    fn granted(&self) -> &[(OwnedFd, landlock::BitFlags<AccessFs>)] {
+        self.granted.get_or_init(|| {
+            let mut out = Vec::new();
+            let root = Path::new("/");
+            // Names are not what is protected; without this `ls /` would fail.
+            match open_path(root) {
+                Ok(fd) => out.push((fd, AccessFs::ReadDir.into())),
+                Err(e) => log::warn!("sandbox: cannot open /: {e}"),
+            }
+            self.grant_outside(&mut out, root, AccessFs::from_all(TARGET_ABI));
+            let read = AccessFs::from_read(TARGET_ABI);
+            for p in &self.readable {
+                match open_path(p) {
+                    Ok(fd) => out.push((fd, read)),
+                    Err(e) => log::warn!("sandbox: cannot open {}: {e}", p.display()),
+                }
+            }
+            out
+        })
     }
 
     /// Grants `access` on every entry of `dir` that is not protected,
     /// descending into the entries above a protected path.
     fn grant_outside(
         &self,
-        rs: &mut RulesetCreated,
+        out: &mut Vec<(OwnedFd, landlock::BitFlags<AccessFs>)>,
         dir: &Path,
         access: landlock::BitFlags<AccessFs>,
-    ) -> Result<(), SandboxError> {
+    ) {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             // Fails closed: what cannot be listed is not granted.
             Err(e) => {
                 log::debug!("sandbox: cannot list {}: {e}", dir.display());
-                return Ok(());
+                return;
             }
         };
         for entry in entries.flatten() {
@@ -535,13 +552,12 @@ impl Landlock {
                 continue;
             }
             if kind == FileType::Directory && self.ancestors.contains(&path) {
-                self.grant_outside(rs, &path, access)?;
+                self.grant_outside(out, &path, access);
                 continue;
             }
             // For a file the crate keeps only the rights a file can have.
-            (&mut *rs).add_rule(PathBeneath::new(fd, access))?;
+            out.push((fd, access));
         }
-        Ok(())
     }
 }
 

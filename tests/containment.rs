@@ -378,7 +378,9 @@ fn journal_cgroup(runner: &Runner) -> Option<PathBuf> {
 #[test]
 fn each_execution_gets_its_own_cgroup_where_one_is_delegated() {
     let server = DevServer::start();
-    let runner = RunnerSetup::new(&server).start();
+    let runner = RunnerSetup::new(&server)
+        .set("execution", "cgroups", json!("on"))
+        .start();
     let mode = cgroup_mode(&runner);
     if !mode.contains("one cgroup per execution") {
         println!("skipped: no writable cgroup v2 subtree here ({mode})");

@@ -91,10 +91,22 @@ fn supervisor() -> &'static Supervisor {
 /// Sets supervision up for the runner: child subreaper and reaper thread,
 /// cgroup detection (with `limits`). Call once at start, before the first
 /// spawn. Says in one line at info level what it found.
-pub fn init(limits: Limits) {
+pub fn init(limits: Limits, mode: crate::config::CgroupMode) {
+    use crate::config::CgroupMode;
     let reaper = reaper::start();
-    let detected = cgroup::detect(limits);
     let wanted = limits != Limits::default();
+    let detected = match mode {
+        CgroupMode::On => cgroup::detect(limits),
+        CgroupMode::Auto if wanted => cgroup::detect(limits),
+        CgroupMode::Auto | CgroupMode::Off => cgroup::Detected {
+            cgroups: None,
+            notes: vec![format!(
+                "per-execution cgroups are {} (execution.cgroups {}; they cost each execution a kernel RCU grace period when the executor moves in)",
+                if mode == CgroupMode::Off { "off" } else { "used only with a limit" },
+                if mode == CgroupMode::Off { "\"off\"" } else { "\"auto\" and no memory_max_bytes or pids_max" },
+            )],
+        },
+    };
     let supervisor = Supervisor {
         cgroups: detected.cgroups,
         live: Mutex::new(HashMap::new()),
@@ -116,7 +128,7 @@ pub fn init(limits: Limits) {
             );
         }
         None => log::info!(
-            "process supervision: no writable cgroup v2 subtree ({}); an execution's processes are found by process group, as orphans of this child subreaper, and by {MARKER_ENV}",
+            "process supervision: no per-execution cgroups ({}); an execution's processes are found by process group, as orphans of this child subreaper, and by {MARKER_ENV}",
             detected.notes.first().map_or("none found", String::as_str)
         ),
     }
@@ -403,6 +415,12 @@ impl ProcessGroup {
     /// until a look at /proc finds nothing, so processes forked meanwhile are
     /// caught too), reaps the leader, removes the cgroup.
     pub fn finish(&self) -> Finished {
+        if self.nothing_left() {
+            return Finished {
+                status: self.reap(),
+                leftovers: Vec::new(),
+            };
+        }
         let mut stopped: BTreeMap<u32, String> = BTreeMap::new();
         let settle = Instant::now() + SETTLE;
         let deadline = Instant::now() + LEFTOVER_WAIT;
@@ -453,6 +471,30 @@ impl ProcessGroup {
             );
         }
         Finished { status, leftovers }
+    }
+
+    /// The common case, cheaply: as subreaper the runner is the parent of
+    /// everything an exited executor left (its children were reparented when
+    /// it died), so if the runner's only children are this leader and other
+    /// executions' leaders, and its cgroup holds nothing else, nothing is
+    /// left. Anything else takes the full look at /proc in [`Self::left`].
+    fn nothing_left(&self) -> bool {
+        if !reaper::active() {
+            return false;
+        }
+        let Some(children) = procfs::own_children() else {
+            return false;
+        };
+        let live = crate::sync::lock(&supervisor().live);
+        let only_leaders = children
+            .iter()
+            .all(|pid| *pid == self.leader || live.contains_key(pid));
+        drop(live);
+        only_leaders
+            && self
+                .cgroup
+                .as_ref()
+                .is_none_or(|cg| cg.members().iter().all(|pid| *pid == self.leader))
     }
 
     /// What is alive of this child besides the leader: its members in the

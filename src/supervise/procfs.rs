@@ -88,6 +88,18 @@ pub fn snapshot() -> Vec<Stat> {
         .collect()
 }
 
+/// This process's children, from `/proc/self/task/*/children`: a look at
+/// the runner's own few threads instead of every process on the host.
+/// `None` when the kernel does not list children (CONFIG_PROC_CHILDREN).
+pub fn own_children() -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let text = fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    Some(out)
+}
+
 /// The value of [`MARKER_ENV`] in the environment `pid` was started with
 /// (`None`: unmarked, unreadable, or gone).
 pub fn marker(pid: u32) -> Option<String> {
