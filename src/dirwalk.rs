@@ -96,8 +96,11 @@ fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
+// The field is signed on some targets, unsigned on others: a time before
+// 1970 (or its unsigned wrap) gives no time rather than a wrong one.
+#[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
 fn mtime(stat: &Stat) -> Option<SystemTime> {
-    let secs = u64::try_from(stat.st_mtime).ok()?;
+    let secs = u64::try_from(stat.st_mtime as i64).ok()?;
     let nanos = u32::try_from(stat.st_mtime_nsec).unwrap_or(0);
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }

@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod devserver;
 pub mod dirwalk;
+pub mod disklimit;
 pub mod executor;
 pub mod failpoint;
 pub mod flowdir;
