@@ -35,6 +35,9 @@ pub enum StopReason {
     TimedOut(Duration),
     /// The runner is shutting down and the grace period ran out.
     Shutdown,
+    /// The execution directory went over `execution.max_dir_bytes` or
+    /// `execution.max_dir_entries` (`disklimit`).
+    DiskLimit(crate::disklimit::Exceeded),
 }
 
 struct Entry {
@@ -109,6 +112,15 @@ impl Watcher {
         self.lock()
             .remove(id)
             .and_then(|e| e.stop.map(|(reason, _, _)| reason))
+    }
+
+    /// Stops one running execution for a reason found elsewhere (its disk
+    /// use); nothing if it is not running (any more).
+    pub fn stop(&self, id: &ExecutionId, reason: StopReason) {
+        if let Some(e) = self.lock().get_mut(id) {
+            begin_stop(id, e, reason);
+        }
+        self.shared.wake.notify_all();
     }
 
     /// Stops every running execution (shutdown grace over, or a second signal).

@@ -18,6 +18,14 @@ pub const DEFAULT_EXECUTABLE: &str = "flomation-executor";
 pub const DEFAULT_EXECUTION_DIRECTORY: &str = "./executions";
 /// `state.json` over this is not read: an errored result says why.
 pub const DEFAULT_MAX_STATE_BYTES: u64 = 8 * 1024 * 1024;
+/// About 2,800 typical executions (seven entries each): the same order as
+/// the 2 GiB byte cap holds, and a small share of a small disk's inodes.
+pub const DEFAULT_RETENTION_MAX_ENTRIES: u64 = 20_000;
+/// A running execution over these is stopped: far above what ordinary
+/// flows write (a large `npm install` is ~100,000 files), low enough that
+/// a runaway flow is stopped before it fills an ordinary host.
+pub const DEFAULT_MAX_DIR_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+pub const DEFAULT_MAX_DIR_ENTRIES: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -100,6 +108,16 @@ pub struct ExecutionConfig {
     /// Finished execution directories are removed, oldest first, while they
     /// total more than this (`None`: no limit).
     pub retention_max_bytes: Option<u64>,
+    /// Finished execution directories are removed, oldest first, while
+    /// they hold more than this many entries in all (`None`: no limit).
+    pub retention_max_entries: Option<u64>,
+    /// How often retention looks.
+    pub retention_interval: Duration,
+    /// A running execution whose directory holds more bytes than this is
+    /// stopped (`None`: no limit).
+    pub max_dir_bytes: Option<u64>,
+    /// ... or more entries than this.
+    pub max_dir_entries: Option<u64>,
     /// Landlock around executors (`sandbox` module).
     pub sandbox: SandboxMode,
     /// A separate user for executors (`None`: the runner's own).
@@ -224,6 +242,10 @@ const KNOWN_KEYS: &[(&str, &str)] = &[
     ("execution", "max_state_bytes"),
     ("execution", "retention_hours"),
     ("execution", "retention_max_bytes"),
+    ("execution", "retention_max_entries"),
+    ("execution", "retention_interval_secs"),
+    ("execution", "max_dir_bytes"),
+    ("execution", "max_dir_entries"),
     ("execution", "sandbox"),
     ("execution", "run_as"),
     ("execution", "pass_key"),
@@ -493,6 +515,42 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             &["FLOMATION_RUNNER_RETENTION_MAX_BYTES"],
         )?
         .unwrap_or(2 * 1024 * 1024 * 1024);
+    let retention_max_entries = src
+        .uint(
+            "execution",
+            "retention_max_entries",
+            &["FLOMATION_RUNNER_RETENTION_MAX_ENTRIES"],
+        )?
+        .unwrap_or(DEFAULT_RETENTION_MAX_ENTRIES);
+    let retention_interval_secs = src
+        .uint(
+            "execution",
+            "retention_interval_secs",
+            &["FLOMATION_RUNNER_RETENTION_INTERVAL_SECS"],
+        )?
+        .unwrap_or(600);
+    if retention_interval_secs == 0 {
+        return Err(src.invalid(
+            "execution.retention_interval_secs",
+            &["FLOMATION_RUNNER_RETENTION_INTERVAL_SECS"],
+            "must be at least 1".into(),
+        ));
+    }
+    // 0 = no limit, like the retention limits.
+    let max_dir_bytes = src
+        .uint(
+            "execution",
+            "max_dir_bytes",
+            &["FLOMATION_RUNNER_MAX_DIR_BYTES"],
+        )?
+        .unwrap_or(DEFAULT_MAX_DIR_BYTES);
+    let max_dir_entries = src
+        .uint(
+            "execution",
+            "max_dir_entries",
+            &["FLOMATION_RUNNER_MAX_DIR_ENTRIES"],
+        )?
+        .unwrap_or(DEFAULT_MAX_DIR_ENTRIES);
     // Unset (or 0) = no limit: a limit that kills flows must be chosen.
     let memory_max_bytes = src
         .uint(
@@ -606,6 +664,10 @@ fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
             retention: (retention_hours > 0)
                 .then(|| Duration::from_secs(retention_hours.saturating_mul(3600))),
             retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),
+            retention_max_entries: (retention_max_entries > 0).then_some(retention_max_entries),
+            retention_interval: Duration::from_secs(retention_interval_secs),
+            max_dir_bytes: (max_dir_bytes > 0).then_some(max_dir_bytes),
+            max_dir_entries: (max_dir_entries > 0).then_some(max_dir_entries),
             sandbox,
             run_as,
             pass_key,
@@ -1149,6 +1211,10 @@ mod tests {
         assert_eq!(c.execution.log_flush, Duration::from_millis(500));
         assert_eq!(c.execution.memory_max_bytes, None);
         assert_eq!(c.execution.pids_max, None);
+        assert_eq!(c.execution.retention_max_entries, Some(20_000));
+        assert_eq!(c.execution.retention_interval, Duration::from_secs(600));
+        assert_eq!(c.execution.max_dir_bytes, Some(10 << 30));
+        assert_eq!(c.execution.max_dir_entries, Some(1_000_000));
     }
 
     #[test]

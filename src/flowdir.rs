@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, FileType, Mode, OFlags, CWD};
@@ -69,6 +69,14 @@ fn open_dir_at(parent: &OwnedFd, name: &Path, shown: &Path) -> io::Result<OwnedF
             e.into()
         }
     })
+}
+
+/// For walks that must stay in the directory the runner opened
+/// (`disklimit`), wherever the flow moved it.
+impl AsFd for FlowDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl FlowDir {

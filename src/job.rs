@@ -34,6 +34,8 @@ pub struct Context {
     pub api: Arc<Api>,
     pub shipper: LogShipper,
     pub watcher: Watcher,
+    /// Disk limits of running execution directories.
+    pub disk: crate::disklimit::DiskWatch,
     /// What executors may see and do, decided at start-up.
     pub sandbox: crate::sandbox::Plan,
     pub ledger: Ledger,
@@ -124,6 +126,7 @@ fn run(ctx: &Context, job: &Job) {
         file: OutputFile::new(ws.fd.clone(), ctx.config.execution.max_output_file_bytes),
     }));
     ctx.shipper.open(id);
+    ctx.disk.register(id, ws.fd.clone());
     let outcome = {
         let sink = sink.clone();
         let shipper = ctx.shipper.clone();
@@ -148,6 +151,7 @@ fn run(ctx: &Context, job: &Job) {
             },
         )
     };
+    ctx.disk.deregister(id);
     let unsent = ctx.shipper.finish(id, LOG_FINISH_LIMIT);
     let logs = {
         let mut s = crate::sync::lock(&sink);
@@ -172,6 +176,7 @@ fn run(ctx: &Context, job: &Job) {
     );
     crate::metrics::global().execution_finished(match outcome.stopped {
         Some(crate::cancel::StopReason::TimedOut(_)) => "timed_out",
+        Some(crate::cancel::StopReason::DiskLimit(_)) => "errored",
         Some(_) => "cancelled",
         None if result.has_errored => "errored",
         None => "success",

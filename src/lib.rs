@@ -14,6 +14,8 @@ pub mod cancel;
 pub mod check;
 pub mod config;
 pub mod devserver;
+pub mod dirwalk;
+pub mod disklimit;
 pub mod executor;
 pub mod failpoint;
 pub mod flowdir;

@@ -27,7 +27,8 @@ use flo_runner::registration::{self, RegistrationError};
 use flo_runner::shutdown::Shutdown;
 use flo_runner::statedir::StateDir;
 use flo_runner::{
-    check, executor, fsutil, metrics, poller, recovery, retention, sandbox, supervise,
+    check, dirwalk, disklimit, executor, fsutil, metrics, poller, recovery, retention, sandbox,
+    supervise,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -314,6 +315,13 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         shutdown.clone(),
     );
     let watcher = Watcher::start(api.clone(), config.execution.kill_grace);
+    let disk = disklimit::DiskWatch::start(
+        dirwalk::Limits {
+            bytes: config.execution.max_dir_bytes,
+            entries: config.execution.max_dir_entries,
+        },
+        watcher.clone(),
+    );
     let workers = config.execution.max_concurrent_executors;
     let ctx = Arc::new(Context {
         config: config.clone(),
@@ -321,6 +329,7 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         api: api.clone(),
         shipper,
         watcher: watcher.clone(),
+        disk: disk.clone(),
         sandbox,
         ledger,
         health: health.clone(),
@@ -361,6 +370,9 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
         config.execution.retention,
         config.execution.retention_max_bytes,
     )
+    .max_entries(config.execution.retention_max_entries)
+    .every(config.execution.retention_interval)
+    .sparing(disk)
     .start(shutdown.clone());
 
     let gate = poller::gate();

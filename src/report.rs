@@ -61,6 +61,10 @@ pub fn build(
                 json!(format!("timed out after {} s", limit.as_secs())),
             );
         }
+        Some(StopReason::DiskLimit(over)) => {
+            has_errored = true;
+            state.insert("error".into(), json!(over.to_string()));
+        }
         Some(StopReason::Shutdown) => {
             cancelled = true;
             has_errored = true;
