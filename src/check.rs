@@ -17,6 +17,7 @@ pub fn run(config: &Config, out: &mut dyn std::io::Write) -> bool {
     let mut ok = true;
     let mut line = |mark: Mark, what: &str, detail: String| {
         ok &= mark != Mark::Fail;
+        let detail = crate::logging::clean(&detail);
         let _ = writeln!(out, "[{}] {what}: {detail}", mark.as_str());
     };
     line(

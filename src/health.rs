@@ -280,6 +280,17 @@ pub fn check(state_dir: &Path) -> Result<String, String> {
     if !Path::new(&format!("/proc/{}", beat.pid)).exists() {
         return Err(format!("the runner (pid {}) is not running", beat.pid));
     }
+    // A heartbeat left by a runner that died, whose pid now belongs to
+    // some other program, must not pass for a live runner.
+    match (comm(&beat.pid.to_string()), comm("self")) {
+        (Some(theirs), Some(ours)) if theirs != ours => {
+            return Err(format!(
+                "the runner (pid {}) is not running: that pid is now {theirs:?}",
+                beat.pid
+            ));
+        }
+        _ => {}
+    }
     let age = now.saturating_sub(beat.written_at);
     if age > STALE_AFTER {
         // A runner that cannot write its heartbeat most likely cannot write
@@ -293,6 +304,14 @@ pub fn check(state_dir: &Path) -> Result<String, String> {
         return Err(problem);
     }
     Ok(format!("healthy (pid {}, heartbeat {age} s ago)", beat.pid))
+}
+
+/// The command name of a process (`/proc/<pid>/comm`: readable even for a
+/// non-dumpable runner, unlike its `exe`).
+fn comm(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_string())
 }
 
 /// Why `state_dir` cannot be written, if a test write fails there.

@@ -27,6 +27,7 @@ pub mod ids;
 pub mod job;
 pub mod journal;
 pub mod ledger;
+pub mod logging;
 pub mod logship;
 pub mod metrics;
 pub mod net;

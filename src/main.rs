@@ -129,26 +129,6 @@ fn parse_args() -> Cli {
     }
 }
 
-fn init_logging() {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if std::env::var("FLO_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
-        builder.format(|buf, record| {
-            use std::io::Write;
-            let line = serde_json::json!({
-                "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(buf, "{line}")
-        });
-    } else {
-        builder.format_target(false);
-    }
-    builder.init();
-}
-
 fn main() -> ExitCode {
     // First, before the process holds anything worth reading: flows of the
     // same uid must not read /proc/<runner>/environ or mem.
@@ -161,7 +141,7 @@ fn main() -> ExitCode {
         } => (mode, config, explicit),
         Cli::Exit(code) => return code,
     };
-    init_logging();
+    flo_runner::logging::init();
     if let Err(e) = dumpable {
         log::warn!(
             "cannot mark the runner non-dumpable (flows of its user may read its memory): {e}"
@@ -195,6 +175,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Before anything can log them: the code, and passwords in URLs.
+    flo_runner::logging::add_secret(&config.runner.registration_code);
+    flo_runner::logging::add_url_secrets(&config.runner.url);
     for w in warnings {
         log::warn!("{w}");
     }
@@ -271,6 +254,7 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
 
     let net = Net::from_config(&config, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
     if let Some(proxy) = &net.proxy_url {
+        flo_runner::logging::add_url_secrets(proxy);
         log::info!("reaching the API through the proxy {proxy}");
     }
     let api = Arc::new(Api::new(&config.runner.url, identity.clone(), &net));

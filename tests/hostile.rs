@@ -264,3 +264,103 @@ fn a_huge_poll_answer_costs_about_its_size_in_memory() {
         "a 30 MB answer raised the runner's peak RSS from {before} KiB to {peak} KiB"
     );
 }
+
+/// A server that answers every request 400 with the request's body, as an
+/// API that echoes what it refused.
+fn echoing_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = vec![0u8; 65536];
+            let mut got = Vec::new();
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn the_registration_code_and_url_passwords_never_reach_the_log() {
+    let server = DevServer::start();
+    let echo = echoing_server();
+    let with_password = echo.replacen("http://", "http://alice:pa55-w0rd-x@", 1);
+    let mut runner = RunnerSetup::new(&server)
+        .set("runner", "url", json!(with_password))
+        .set("runner", "registration_code", json!("the-secret-code-42"))
+        .start();
+    runner.wait_exit(LIMIT);
+    let log = runner.log();
+    assert!(log.contains("HTTP 400"), "the refusal is logged: {log}");
+    assert!(
+        !log.contains("the-secret-code-42"),
+        "the code leaked: {log}"
+    );
+    assert!(
+        !log.contains("pa55-w0rd-x"),
+        "the URL password leaked: {log}"
+    );
+}
+
+#[test]
+fn an_execution_id_with_a_newline_cannot_forge_a_log_line() {
+    let server = DevServer::start();
+    let runner = RunnerSetup::new(&server).start();
+    let warm = server.enqueue(flow(json!([])), json!({}));
+    completed(&server, &runner, &warm, LIMIT);
+    let forged = "x\n[2020-01-01T00:00:00Z ERROR] forged by a flow";
+    let body = json!({
+        "flo": {"id": "f"},
+        "execution": {"id": forged, "flo_id": "f"},
+        "data": {}
+    });
+    server.post(
+        "/admin/poll-responses",
+        json!({"status": 200, "body": body.to_string()}),
+    );
+    wait_for(LIMIT, "the answer to be taken", || {
+        server.get("/admin/poll-responses")["queued"] == 0
+    });
+    let next = server.enqueue(flow(json!([])), json!({}));
+    completed(&server, &runner, &next, LIMIT);
+    let log = runner.log();
+    assert!(log.contains("forged by a flow"), "the id is logged: {log}");
+    // env_logger indents what follows a newline; still a line of its own.
+    assert!(
+        !log.lines()
+            .any(|l| l.trim_start().starts_with("[2020-01-01T00:00:00Z ERROR]")),
+        "a forged line: {log}"
+    );
+}

@@ -95,7 +95,10 @@ pub fn own_children() -> Option<Vec<u32>> {
     let mut out = Vec::new();
     for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
         let text = fs::read_to_string(task.path().join("children")).ok()?;
-        out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     Some(out)
 }
