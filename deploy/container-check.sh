@@ -23,22 +23,31 @@
 #                reaches the API byte for byte and runs nothing
 #   drain        `podman stop -t 60` while an execution runs: it finishes,
 #                its result is reported, the container exits 0
-#   health       the HEALTHCHECK is in the image and passes; `flo-runner
-#                health` passes, and fails for a runner that cannot register
+#   health       the HEALTHCHECK is in the image and passes when run
+#                (`podman healthcheck run`: podman schedules HEALTHCHECKs with
+#                systemd timers, and without systemd as PID 1 nothing runs
+#                them on their interval); `flo-runner health` passes, and
+#                fails for a runner that cannot register
 #   uid          every process in the container runs as uid/gid 10001
 #   identity     a new container on the same named volumes is the same
 #                runner (one runner in the dev server, registered twice)
 #   read-only    --read-only root filesystem with the volumes and a /tmp tmpfs
 #   kube         the StatefulSet's pod template (deploy/kubernetes/) run as a
 #                Pod with `podman kube play` (podman does not run
-#                StatefulSets), with its ConfigMap, Secret and probes
+#                StatefulSets), with its ConfigMap, Secret and probe command;
+#                the container's `ports` are dropped (podman refuses port
+#                mappings on the host's network), metrics are read on loopback
 #
 # Every container, pod, volume, secret and dev server the script makes is
-# removed when it exits, whether the checks passed or not.
+# removed when it exits, whether the checks passed or not. The images stay:
+# the two bases, the two tags localhost/flo-runner:container-check[-noexec],
+# and podman's layer cache, so a second run builds nothing and a change under
+# src/ rebuilds only the crate. When the bases are remade, the old cache
+# becomes dangling images: `podman image prune` reclaims them.
 #
 # Usage: sh deploy/container-check.sh [--probe]
 #   --probe   only tell whether podman can run a container here (exit 0), or
-#             why not (exit 1); .ci/run uses it to decide whether to run this
+#             why not (exit 2); .ci/run uses it to decide whether to run this
 #
 # Environment:
 #   CONTAINER_CHECK_MIRROR   Debian mirror for debootstrap (default: the
@@ -316,12 +325,8 @@ label_of() {
     podman image inspect --format '{{index .Labels "org.flomation.container-check"}}' "$1" 2>/dev/null || true
 }
 t0=$(now)
-if [ "${CONTAINER_CHECK_REBUILD_BASES:-0}" = 1 ]; then
-    podman rmi -f "localhost/$BUILDER_BASE" "docker.io/library/$BUILDER_BASE" \
-        "localhost/$RUNTIME_BASE" "docker.io/library/$RUNTIME_BASE" >/dev/null 2>&1 || true
-fi
 remade=0
-if [ "$(label_of "localhost/$RUNTIME_BASE")" = "$RUNTIME_LABEL" ]; then
+if [ "${CONTAINER_CHECK_REBUILD_BASES:-0}" != 1 ] && [ "$(label_of "localhost/$RUNTIME_BASE")" = "$RUNTIME_LABEL" ]; then
     say "$RUNTIME_BASE: present ($RUNTIME_LABEL)"
 else
     have debootstrap || { say "container-check: CANNOT RUN: debootstrap is not installed (apt-get install debootstrap)"; exit 2; }
