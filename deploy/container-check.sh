@@ -120,14 +120,15 @@ cleanup() {
     for s in $SECRETS; do podman secret rm "$s" >/dev/null 2>&1; done
     for pid in $DEV_PIDS; do kill "$pid" 2>/dev/null; done
     rm -rf "${ROOT:?}/$EXEC_DIR"
-    if [ "$rc" = 0 ] && [ "${CONTAINER_CHECK_KEEP:-0}" != 1 ]; then
+    if [ "${1:-}" = --probe ] || { [ "$rc" = 0 ] && [ "${CONTAINER_CHECK_KEEP:-0}" != 1 ]; }; then
         rm -rf "$WORK"
     else
         say "container-check: logs kept in $WORK" >&2
     fi
     exit "$rc"
 }
-trap cleanup EXIT
+MODE=${1:-}
+trap 'cleanup "$MODE"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
