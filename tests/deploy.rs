@@ -644,12 +644,92 @@ fn real_runner_kubernetes_mode_uses_the_file_and_reports_healthy() {
     assert!(!runner.log().contains(CODE));
 }
 
+/// The dependency layer of the image's build stage: the files copied before
+/// its first `RUN`, plus the stub sources that `RUN` makes (the commands
+/// before its `cargo build`), must be enough for cargo to build the
+/// dependencies of the runner; otherwise the layer fails, or misses crates.
+#[test]
+fn the_dockerfile_dependency_layer_builds_from_stubs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let stage: Vec<&str> = dockerfile
+        .lines()
+        .skip_while(|l| !l.contains(" AS builder"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .collect();
+    let before_run: Vec<&str> = stage
+        .iter()
+        .take_while(|l| !l.starts_with("RUN "))
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    assert_eq!(
+        before_run,
+        ["Cargo.toml", "Cargo.lock", "vendor"],
+        "{stage:?}"
+    );
+    // The first RUN, its continuation lines joined.
+    let mut run = String::new();
+    for l in stage.iter().skip_while(|l| !l.starts_with("RUN ")) {
+        let l = l.trim();
+        match l.strip_suffix('\\') {
+            Some(part) => run.push_str(part),
+            None => {
+                run.push_str(l);
+                break;
+            }
+        }
+        run.push(' ');
+    }
+    let run = run.strip_prefix("RUN ").unwrap();
+    let (stubs, build) = run
+        .split_once("&& cargo build")
+        .unwrap_or_else(|| panic!("the first RUN of the builder stage builds nothing: {run}"));
+    assert!(
+        build.starts_with(" --release --locked --bin flo-runner"),
+        "{build}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for source in &before_run {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(root.join(source))
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "cp {source}");
+    }
+    let status = Command::new("sh")
+        .args(["-euc", stubs])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the stub commands failed: {stubs}");
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| root.join("target").into());
+    let out = Command::new(env!("CARGO"))
+        .args(["check", "--locked", "--offline", "--bin", "flo-runner"])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo rejects the dependency layer's stubs ({stubs}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The image's build stage copies only some of the repository. Without a
 /// Docker engine here, this checks the part that broke before: `cargo check`
 /// of the runner must work with exactly those files (cargo checks, for
 /// instance, that the bench target and the patched dependency exist). The
 /// sources are the `COPY` lines of the `builder` stage, minus `.dockerignore`'s
 /// `*.md`. It shares this build's target directory, so it only checks.
+/// (`make container-check` builds the image for real, where podman runs.)
 #[test]
 fn the_dockerfile_build_stage_copies_what_cargo_needs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -657,7 +737,8 @@ fn the_dockerfile_build_stage_copies_what_cargo_needs() {
     let stage: Vec<&str> = dockerfile
         .lines()
         .skip_while(|l| !l.contains(" AS builder"))
-        .take_while(|l| !l.starts_with("RUN "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
         .collect();
     let sources: Vec<&str> = stage
         .iter()
