@@ -92,15 +92,23 @@ pub fn snapshot() -> Vec<Stat> {
 /// the runner's own few threads instead of every process on the host.
 /// `None` when the kernel does not list children (CONFIG_PROC_CHILDREN).
 pub fn own_children() -> Option<Vec<u32>> {
-    let mut out = Vec::new();
-    for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let text = fs::read_to_string(task.path().join("children")).ok()?;
-        out.extend(
-            text.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
+    // A thread that ends while the list is read hands its children to
+    // another thread, perhaps one already read: read the whole list again.
+    'again: for _ in 0..3 {
+        let mut out = Vec::new();
+        for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
+            match fs::read_to_string(task.path().join("children")) {
+                Ok(text) => out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'again,
+                Err(_) => return None,
+            }
+        }
+        return Some(out);
     }
-    Some(out)
+    None
 }
 
 /// The value of [`MARKER_ENV`] in the environment `pid` was started with
