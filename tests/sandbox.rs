@@ -237,6 +237,13 @@ fn with_landlock_a_flow_cannot_touch_the_runners_files_but_has_its_own_directory
         return;
     }
     let server = DevServer::start();
+    // A directory in the temp dir made before the runner starts: where the
+    // checkout itself lives under /tmp, /tmp is above the protected paths
+    // and only what it held already is granted (README).
+    let scratch = tempfile::Builder::new()
+        .prefix("flo-sandbox-scratch-")
+        .tempdir()
+        .expect("scratch dir");
     let runner = RunnerSetup::new(&server).start_in(runner_dir());
     let state = runner.path().to_path_buf();
     let (first, _) = run_flow(&server, &runner, json!([{"type": "log", "message": "one"}]));
@@ -247,7 +254,11 @@ fn with_landlock_a_flow_cannot_touch_the_runners_files_but_has_its_own_directory
         .find(|p| p.exists())
         .expect("the first execution's directory");
 
-    let tmp_file = format!("/tmp/flo-sandbox-test-{}", std::process::id());
+    let tmp_file = scratch
+        .path()
+        .join("written")
+        .to_string_lossy()
+        .into_owned();
     let p = |rel: &str| state.join(rel).to_string_lossy().into_owned();
     let forged = p("outbox/forged.json");
     let planted = p("planted");
