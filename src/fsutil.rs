@@ -92,38 +92,6 @@ fn sync_parent(path: &Path) {
     }
 }
 
-/// Makes an earlier [`replace`] of `path` durable: fsync of the file, then of
-/// its directory (for the rename). A file already gone (delivered and
-/// removed meanwhile) is fine.
-pub fn sync(path: &Path) -> io::Result<()> {
-    match fs::File::open(path) {
-        Ok(f) => f.sync_all()?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    sync_parent(path);
-    Ok(())
-}
-
-/// Gives `path` the contents `bytes` that `original` already holds, as a
-/// hard link to `original` when it can (no new inode: the cheapest way to
-/// keep a second copy on a filesystem where creating files is dear), else
-/// as a copy by [`replace`] (another filesystem, or links not allowed).
-/// Whatever was at `path` is replaced, never written through. Both names
-/// must never be modified in place afterwards (they are one file).
-pub fn link_or_copy(original: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let linked = match fs::hard_link(original, path) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            fs::remove_file(path).and_then(|()| fs::hard_link(original, path))
-        }
-        other => other,
-    };
-    match linked {
-        Ok(()) => Ok(()),
-        Err(_) => replace(path, bytes, mode),
-    }
-}
-
 /// Moves a file into `dir` (creating it), with a warning saying why.
 pub fn move_aside(dir: &Path, path: &Path, why: &str) {
     let name = path
@@ -150,45 +118,4 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(DIR_MODE)
         .create(path)
-}
-
-/// Writes a fresh file (not atomic: used inside a fresh execution directory).
-pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(FILE_MODE)
-        .open(path)?;
-    f.write_all(bytes)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_or_copy_links_and_replaces_what_was_there() {
-        let dir = tempfile::tempdir().unwrap();
-        let original = dir.path().join("a");
-        replace(&original, b"body", FILE_MODE).unwrap();
-        let outside = dir.path().join("outside");
-        fs::write(&outside, b"keep").unwrap();
-        let copy = dir.path().join("b");
-        std::os::unix::fs::symlink(&outside, &copy).unwrap();
-        link_or_copy(&original, &copy, b"body", FILE_MODE).unwrap();
-        assert_eq!(fs::read(&copy).unwrap(), b"body");
-        assert_eq!(fs::read(&outside).unwrap(), b"keep");
-        use std::os::unix::fs::MetadataExt;
-        assert_eq!(
-            fs::metadata(&copy).unwrap().ino(),
-            fs::metadata(&original).unwrap().ino()
-        );
-        // Without the original (another filesystem, say), a copy.
-        let third = dir.path().join("c");
-        link_or_copy(&dir.path().join("gone"), &third, b"body", FILE_MODE).unwrap();
-        assert_eq!(fs::read(&third).unwrap(), b"body");
-    }
 }

@@ -357,7 +357,8 @@ impl Outbox {
     }
 
     /// The path of `id`'s result entry, while it is on disk.
-    pub fn result_file(&self, id: &ExecutionId) -> Option<PathBuf> {
+    #[cfg(test)]
+    fn result_file(&self, id: &ExecutionId) -> Option<PathBuf> {
         self.lock().values().find_map(|e| match &e.stored {
             Stored::File(p) if &e.execution_id == id && e.kind == Kind::Result => Some(p.clone()),
             _ => None,
