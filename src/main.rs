@@ -334,6 +334,10 @@ fn run(config: Config, path: &std::path::Path) -> Result<(), String> {
                 let outbox = outbox.clone();
                 move || outbox.depth()
             }),
+            results_in_memory: Box::new({
+                let outbox = outbox.clone();
+                move || outbox.in_memory()
+            }),
         };
         let bound = metrics::serve(addr, gauges)?;
         log::info!("metrics on http://{bound}/metrics, health on http://{bound}/healthz");

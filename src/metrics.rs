@@ -37,8 +37,6 @@ pub struct Metrics {
     pub state_dir_unwritable: AtomicU64,
     /// Results not re-sent because the API already had them (a lost answer).
     pub results_already_delivered: AtomicU64,
-    /// Results kept in memory because the outbox could not be written.
-    pub results_in_memory: AtomicU64,
     /// Processes an execution left behind (escaped or not) that were killed.
     pub leftover_processes_killed: AtomicU64,
     /// What the API was found to have: its generation, whether it streams
@@ -90,6 +88,7 @@ pub struct Gauges {
     pub busy: Box<dyn Fn() -> usize + Send + Sync>,
     pub slots: usize,
     pub outbox_depth: Box<dyn Fn() -> usize + Send + Sync>,
+    pub results_in_memory: Box<dyn Fn() -> usize + Send + Sync>,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -264,7 +263,7 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         "flo_runner_results_in_memory",
         "gauge",
         "Results held in memory because the outbox could not be written.",
-        m.results_in_memory.load(Ordering::Relaxed),
+        (g.results_in_memory)(),
     );
     single(
         out,

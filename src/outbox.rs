@@ -206,6 +206,14 @@ impl Outbox {
         self.lock().len()
     }
 
+    /// Results held in memory because the outbox could not be written.
+    pub fn in_memory(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| matches!(e.stored, Stored::Memory(_)))
+            .count()
+    }
+
     /// Whether `id` has a result waiting (log batches do not count: they
     /// are not a result).
     pub fn has_pending_result(&self, id: &ExecutionId) -> bool {
@@ -322,9 +330,6 @@ impl Outbox {
                 log::error!(
                     "execution {id}: cannot write its result to the outbox ({e}); keeping it in memory and sending it until the API acknowledges it"
                 );
-                crate::metrics::global()
-                    .results_in_memory
-                    .fetch_add(1, Ordering::Relaxed);
                 let body = Stored::Memory(Arc::new(result.to_vec()));
                 added.push((seq, Entry::new(Kind::Result, id.clone(), body, uncertain)));
                 Durability::InMemory
@@ -512,9 +517,6 @@ impl Outbox {
                     Ok(()) => Stored::File(path.clone()),
                     Err(err) => {
                         self.shared.state.write_failed("outbox", &err);
-                        crate::metrics::global()
-                            .results_in_memory
-                            .fetch_add(1, Ordering::Relaxed);
                         Stored::Memory(Arc::new(body))
                     }
                 }
@@ -577,9 +579,6 @@ impl Outbox {
                     "execution {id}: its result is now kept in {}",
                     path.display()
                 );
-                crate::metrics::global()
-                    .results_in_memory
-                    .fetch_sub(1, Ordering::Relaxed);
                 let stored = Stored::File(path);
                 if let Some(e) = self.lock().get_mut(&seq) {
                     e.stored = stored.clone();
@@ -627,20 +626,10 @@ impl Outbox {
             }
             crate::failpoint::hit("ledger.done");
         }
-        let removed = self.lock().remove(&seq);
-        match stored {
-            Stored::File(path) if !keep_file => {
-                if let Err(e) = fs::remove_file(path) {
-                    log::warn!("outbox: cannot remove delivered {}: {e}", path.display());
-                }
-            }
-            Stored::File(_) => {}
-            Stored::Memory(_) => {
-                if removed.is_some() {
-                    crate::metrics::global()
-                        .results_in_memory
-                        .fetch_sub(1, Ordering::Relaxed);
-                }
+        self.lock().remove(&seq);
+        if let (Stored::File(path), false) = (stored, keep_file) {
+            if let Err(e) = fs::remove_file(path) {
+                log::warn!("outbox: cannot remove delivered {}: {e}", path.display());
             }
         }
     }
@@ -660,9 +649,6 @@ impl Outbox {
                     "execution {id}: the API refused the {} for good ({e}); dropped",
                     kind.as_str()
                 );
-                crate::metrics::global()
-                    .results_in_memory
-                    .fetch_sub(1, Ordering::Relaxed);
             }
         }
         if kind == Kind::Result {
