@@ -11,7 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{completed, flow, only_result, state_of, wait_for, DevServer, Runner, RunnerSetup};
+use common::{
+    alive, completed, flow, only_result, state_of, wait_for, DevServer, Runner, RunnerSetup,
+};
 use serde_json::{json, Map, Value};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -29,12 +31,6 @@ fn proc_stat(pid: i32) -> Option<(char, i32, i32, i32)> {
         f.get(2)?.parse().ok()?,
         f.get(3)?.parse().ok()?,
     ))
-}
-
-/// Alive and not a zombie (a zombie is dead; its parent may be an init that
-/// never reaps).
-fn alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(state, ..)| state != 'Z' && state != 'X')
 }
 
 fn daemons(dir: &Path) -> Vec<i32> {

@@ -8,27 +8,12 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A shell-script executor: discovery answers as the contract wants, then
-/// `body` runs in the execution directory.
-fn script(dir: &Path, body: &str) -> String {
-    let path = dir.join("disk-executor.sh");
-    fs::write(
-        &path,
-        format!(
-            "case \"$1\" in\n--version) echo disk 1.0; exit 0;;\n--manifest) echo '{{}}' > \"$2\"; exit 0;;\nesac\n{body}\n"
-        ),
-    )
-    .expect("write the script");
-    format!("sh {}", path.display())
-}
 
 /// Retention that removes every finished execution directory within about
 /// a second of its end (more than one entry in all is over the limit).
@@ -55,7 +40,7 @@ const OK: &str = "printf '{\"status\":0}' > state.json";
 fn fifty_thousand_empty_files_are_removed_by_their_count() {
     let server = DevServer::start();
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(scripts.path(), &format!("seq 50000 | xargs touch; {OK}"));
+    let exe = script_executor(scripts.path(), &format!("seq 50000 | xargs touch; {OK}"));
     let setup = || {
         RunnerSetup::new(&server)
             .set("execution", "executable_name", json!(exe))
@@ -103,7 +88,7 @@ fn a_tree_five_thousand_deep_is_removed() {
     let scripts = tempfile::tempdir().expect("tempdir");
     // 50 chains of 101 directories nested into each other: no path the
     // shell uses is long, the tree is 5,050 deep (far past PATH_MAX).
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         &format!(
             "p=d; i=1; while [ $i -lt 100 ]; do p=$p/d; i=$((i+1)); done\n\
@@ -146,7 +131,7 @@ fn links_at_and_in_execution_directories_are_not_followed() {
     // its own directory to a directory outside, at the {execution_id}
     // level to the victim's directory, at the {flo_id} level to the
     // victim's flow directory.
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         &format!(
             "case \"$(pwd)\" in\n\
@@ -204,7 +189,7 @@ fn hog(body: &str) -> String {
 fn an_execution_over_max_dir_bytes_is_stopped_and_the_result_says_why() {
     let server = DevServer::start();
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         &hog("i=0; while :; do head -c 100000 /dev/zero > f$i; i=$((i+1)); sleep 0.05; done"),
     );
@@ -228,7 +213,7 @@ fn an_execution_over_max_dir_bytes_is_stopped_and_the_result_says_why() {
 fn an_execution_over_max_dir_entries_is_stopped_and_the_result_says_why() {
     let server = DevServer::start();
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         &hog("mkdir sub; i=0; while :; do : > sub/e$i; i=$((i+1)); sleep 0.01; done"),
     );

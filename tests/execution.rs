@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     completed, execution_requests, executor_path, flow, lines_received, mode, only_result,
-    read_json, state_of, wait_for, DevServer, Runner, RunnerSetup,
+    peak_rss_kib, read_json, state_of, wait_for, DevServer, Runner, RunnerSetup,
 };
 use serde_json::{json, Value};
 
@@ -1148,15 +1148,6 @@ fn feed_poll_answer(server: &DevServer, runner: &Runner, answer: Value) {
                 .any(|r| r["seq"].as_u64() > Some(forced_seq) && r["status"] == 204)
         },
     );
-}
-
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 #[test]

@@ -15,23 +15,9 @@ use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A shell-script executor: discovery answers as the contract wants, then
-/// `body` runs in the execution directory.
-fn script(dir: &Path, body: &str) -> String {
-    let path = dir.join("hostile-executor.sh");
-    fs::write(
-        &path,
-        format!(
-            "case \"$1\" in\n--version) echo hostile 1.0; exit 0;;\n--manifest) echo '{{}}' > \"$2\"; exit 0;;\nesac\n{body}\n"
-        ),
-    )
-    .expect("write the script");
-    format!("sh {}", path.display())
-}
-
 fn runner_with(server: &DevServer, body: &str) -> (Runner, tempfile::TempDir) {
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(scripts.path(), body);
+    let exe = script_executor(scripts.path(), body);
     let runner = RunnerSetup::new(server)
         .set("execution", "executable_name", json!(exe))
         .start();
@@ -43,15 +29,6 @@ fn error_of(e: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn peak_rss_kib(pid: i32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn empty(dir: &Path) -> bool {
@@ -92,7 +69,7 @@ fn a_state_json_fifo_does_not_block_the_worker() {
 fn a_state_json_over_the_cap_is_an_errored_result_that_says_why() {
     let server = DevServer::start();
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         "printf '{\"status\":0,\"pad\":\"%s\"}' \"$(head -c 5000 /dev/zero | tr '\\0' x)\" > state.json",
     );
@@ -115,7 +92,7 @@ fn an_execution_directory_swapped_for_a_link_gets_no_runner_file_outside() {
     let server = DevServer::start();
     let outside = tempfile::tempdir().expect("tempdir");
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         "d=$(pwd); mv \"$d\" \"$d.moved\"; ln -s \"$HOSTILE_OUTSIDE\" \"$d\"; echo after the swap; printf '{\"status\":0}' > state.json",
     );
@@ -151,7 +128,7 @@ fn a_flow_directory_replaced_with_a_link_is_refused_before_anything_is_written()
     let server = DevServer::start();
     let outside = tempfile::tempdir().expect("tempdir");
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         "cd ..; f=$(pwd); cd /; mv \"$f\" \"$f.x\"; ln -s \"$HOSTILE_OUTSIDE\" \"$f\"; printf '{\"status\":0}' > \"$f.x/$(ls \"$f.x\" | head -n1)/state.json\"",
     );
@@ -199,7 +176,7 @@ fn a_result_the_api_refuses_for_good_becomes_a_small_errored_result() {
 fn the_same_execution_handed_out_twice_while_it_runs_is_run_once() {
     let server = DevServer::start();
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script(
+    let exe = script_executor(
         scripts.path(),
         "sleep 3; printf '{\"status\":0}' > state.json",
     );

@@ -230,14 +230,6 @@ fn a_second_runner_on_the_same_state_directory_exits_at_once() {
 
 // ------------------------------------------------------ process groups
 
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purposes (its parent has not reaped it yet).
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_string()))
-        .is_some_and(|rest| !rest.starts_with('Z'))
-}
-
 fn executor_pid(runner: &Runner) -> i32 {
     let log =
         fs::read_to_string(runner.path().join("journal").join("journal.log")).unwrap_or_default();
