@@ -6,36 +6,34 @@ CARGO ?= cargo
 all: build
 
 build:
-	$(CARGO) build --bins --examples
+	$(CARGO) build --workspace --bins --examples
 
 release:
-	$(CARGO) build --release --bins --examples
+	$(CARGO) build --workspace --release --bins --examples
 
 ## Dev control plane + runner + example executor + hello.flow, end to end on loopback.
 demo: release
 	sh examples/demo.sh
 
 ## Unit and integration tests (real binaries, real subprocesses, loopback only).
-test:
-	$(CARGO) build --bins --examples
-	$(CARGO) test --all-targets
+test: build
+	$(CARGO) test --workspace --all-targets
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 ## Benchmark suite (benches/suite.rs, method in BENCHMARKS.md): table on stdout, figures in bench/results.json.
 bench: release
 	$(CARGO) bench --bench suite
 
 ## Full chaos run: 6 runners x 4 slots, 300 executions, faults, a SIGKILLed runner.
-chaos:
-	$(CARGO) build --bins --examples
+chaos: build
 	CHAOS_RUNNERS=6 CHAOS_SLOTS=4 CHAOS_EXECUTIONS=300 CHAOS_LIMIT_SECS=900 \
-		$(CARGO) test --test chaos -- --nocapture
+		$(CARGO) test --test integration chaos:: -- --nocapture
 
 ## Offline checks of the deployment files (shellcheck, hadolint, kubernetes-validate, systemd-analyze, entrypoint tests).
 deploy-check:

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use flo_runner::signing::Signer;
+use flo_protocol::signing::Signer;
 use rsa::signature::RandomizedSigner;
 use rsa::signature::SignatureEncoding;
 use rsa::RsaPrivateKey;
@@ -315,25 +315,10 @@ fn bins() -> Res<Bins> {
     let runner = std::env::var_os("FLO_BENCH_RUNNER")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flo-runner")));
-    let devserver = PathBuf::from(env!("CARGO_BIN_EXE_flo-devserver"));
-    let dir = devserver.parent().ok_or("no binary directory")?;
-    let noop = dir.join("examples").join("noop-executor");
-    // `cargo bench` builds the binaries but not the examples; `make bench`
-    // builds both first. Build the executor here when it is missing.
-    if !noop.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--example", "noop-executor"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .map_err(|e| format!("cargo build --example noop-executor: {e}"))?;
-        if !status.success() || !noop.exists() {
-            return Err(format!("{} missing (run make release)", noop.display()));
-        }
-    }
     Ok(Bins {
         runner,
-        devserver,
-        noop,
+        devserver: flo_testkit::devserver_bin(),
+        noop: flo_testkit::noop_executor_path(),
     })
 }
 
@@ -894,8 +879,8 @@ fn bench_signing(plan: &Plan, key: &RsaPrivateKey) -> Res<Value> {
     )
     .map_err(|e| e.to_string())?;
     let b = rsa_signer.sign_with_rng(&mut rng, &messages[0]).to_vec();
-    if !flo_runner::signing::verify_pss_sha256(&public, &messages[0], &a)
-        || !flo_runner::signing::verify_pss_sha256(&public, &messages[0], &b)
+    if !flo_protocol::signing::verify_pss_sha256(&public, &messages[0], &a)
+        || !flo_protocol::signing::verify_pss_sha256(&public, &messages[0], &b)
     {
         return Err("a signature did not verify".into());
     }

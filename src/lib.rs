@@ -6,14 +6,17 @@
 //! (batches log lines), [`cancel`] (one status poller for every running
 //! execution), [`supervise`] (every process an execution starts, from spawn
 //! to reap, escaped or not). [`sandbox`] decides what an executor may see
-//! and do. [`devserver`] is the dev control plane.
+//! and do. The wire types, ids and signing come from `flo_protocol`, shared
+//! with the dev server.
+
+// Inside the runner they read as its own modules (`crate::protocol::…`).
+pub use flo_protocol::{ids, protocol, signing};
 
 pub mod api;
 pub mod backoff;
 pub mod cancel;
 pub mod check;
 pub mod config;
-pub mod devserver;
 pub mod dirwalk;
 pub mod disklimit;
 pub mod executor;
@@ -23,7 +26,6 @@ pub mod fsutil;
 pub mod groupsync;
 pub mod health;
 pub mod identity;
-pub mod ids;
 pub mod job;
 pub mod journal;
 pub mod ledger;
@@ -35,14 +37,12 @@ pub mod outbox;
 pub mod output;
 pub mod poller;
 pub mod pool;
-pub mod protocol;
 pub mod recovery;
 pub mod registration;
 pub mod report;
 pub mod retention;
 pub mod sandbox;
 pub mod shutdown;
-pub mod signing;
 pub mod statedir;
 pub mod supervise;
 pub mod sync;

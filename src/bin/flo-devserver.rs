@@ -1,7 +1,0 @@
-//! `flo-devserver`: the dev control plane. Everything lives in
-//! `flo_runner::devserver`; this is only the process entry point.
-
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(flo_runner::devserver::main(&args));
-}
