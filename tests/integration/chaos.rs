@@ -5,7 +5,6 @@
 //! The default is a reduced run that fits CI; `make chaos` runs the full one
 //! (6 runners × 4 slots, 300 executions) through the CHAOS_* variables.
 
-
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;

@@ -1,7 +1,6 @@
 //! The command line and the configuration (file, environment, defaults),
 //! driven through the real `flo-runner` binary against the real dev server.
 
-
 use std::fs;
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::Duration;

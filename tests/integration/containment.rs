@@ -5,7 +5,6 @@
 //! result's logs name what was stopped. Against the real `flo-devserver`,
 //! the real `flo-runner` and the example executor's `daemon` node.
 
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -10,7 +10,6 @@
 //! Every entrypoint case runs under each POSIX shell found here: `sh` (dash on
 //! Debian), and `bash --posix` and `busybox sh` when installed.
 
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

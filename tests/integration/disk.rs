@@ -5,7 +5,6 @@
 //! stopped with a result that says why. The executors are shell scripts
 //! written by each test.
 
-
 use std::fs;
 use std::time::Duration;
 

@@ -3,7 +3,6 @@
 //! Every assertion is on what the server received, on what the executor saw
 //! (its `argv.json`) or on what is on disk.
 
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,6 @@
 //! and uses what that API has. Also `check` and `health` telling the truth
 //! about an API that refuses every poll, or is not a Flomation API at all.
 
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;

@@ -4,7 +4,6 @@
 //! twice, a huge poll answer. The executors are shell scripts written by
 //! each test, so the attack is in plain sight.
 
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! against the real `flo-devserver` and the real `flo-runner` binary. Every
 //! assertion is on what the server received or on what is on disk.
 
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -7,7 +7,6 @@
 //! The root-only tests do not skip: on a machine that cannot make loop
 //! devices or switch users they fail and say why.
 
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

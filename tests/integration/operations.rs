@@ -1,7 +1,6 @@
 //! Watching a runner: /metrics and /healthz on runner.metrics_listen, and
 //! JSON log lines, against the real dev server and runner.
 
-
 use std::net::TcpListener;
 use std::time::Duration;
 

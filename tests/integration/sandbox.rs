@@ -5,7 +5,6 @@
 //! whose `env`, `read_file` and `write_file` nodes say what they could do.
 //! Where the kernel lacks a feature, the test says it is skipped and why.
 
-
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::Path;

@@ -3,7 +3,6 @@
 //! real `flo-devserver`, the real `flo-runner` and the example executor.
 //! Processes are checked through /proc, output on disk and on the server.
 
-
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};

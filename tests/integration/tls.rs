@@ -4,7 +4,6 @@
 //! (or not), client certificates when the server requires them, and a small
 //! HTTP proxy made here that the runner must use, or bypass for `NO_PROXY`.
 
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -41,9 +41,7 @@ impl Client {
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_string(),
-            agent: ureq::AgentBuilder::new()
-                .timeout(TIMEOUT)
-                .build(),
+            agent: ureq::AgentBuilder::new().timeout(TIMEOUT).build(),
         }
     }
 
@@ -65,7 +63,12 @@ impl Client {
 
     /// Any admin request: `path` starts with `/admin/`. An empty answer
     /// (204, or a 2xx without a body) is `Value::Null`.
-    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let request = self.agent.request(method, &url);
         let answer = match body {

@@ -2,7 +2,6 @@
 //! loopback port, real RSA keys and signatures, and assertions on what the
 //! admin API says the server received.
 
-
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;

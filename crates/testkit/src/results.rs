@@ -79,4 +79,3 @@ pub fn lines_received(server: &DevServer, id: &str) -> Vec<String> {
         })
         .collect()
 }
-

@@ -201,4 +201,3 @@ impl Runner {
         lines[lines.len().saturating_sub(80)..].join("\n")
     }
 }
-
