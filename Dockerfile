@@ -16,25 +16,31 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# The dev server's patched tiny_http: cargo resolves it even for this binary.
+# The patched tiny_http (the runner's /metrics uses it).
 COPY vendor ./vendor
-# The dependencies, in a layer of their own that only Cargo.toml, Cargo.lock
-# and vendor/ invalidate: built against stub sources (cargo needs the library,
-# the binary and the auto-discovered bench target to exist; the other targets
-# have explicit paths and are only looked for when built). The stubs' own
-# artifacts and fingerprints are then removed, so the real sources below are
-# always compiled, whatever their timestamps.
-RUN mkdir -p src benches \
+# The workspace's other members: cargo loads every member's manifest, but
+# builds only the runner and the protocol crate it depends on. The dev server
+# and the test kit name their targets' paths, which cargo looks for only
+# when it builds them, so their manifests are all this stage needs of them.
+COPY crates/protocol/Cargo.toml ./crates/protocol/
+COPY crates/devserver/Cargo.toml ./crates/devserver/
+COPY crates/testkit/Cargo.toml ./crates/testkit/
+# The dependencies, in a layer of their own that only the manifests,
+# Cargo.lock and vendor/ invalidate: built against stub sources. The stubs'
+# own artifacts and fingerprints are then removed, so the real sources below
+# are always compiled, whatever their timestamps.
+RUN mkdir -p src crates/protocol/src \
     && echo 'fn main() {}' >src/main.rs \
     && : >src/lib.rs \
-    && echo 'fn main() {}' >benches/suite.rs \
-    && cargo build --release --locked --bin flo-runner \
-    && rm -rf src benches target/release/flo-runner* target/release/.fingerprint/flo-runner-* \
-        target/release/deps/flo_runner-* target/release/deps/libflo_runner-*
-# Cargo.toml names the bench target, and cargo checks that it exists.
-COPY benches ./benches
+    && : >crates/protocol/src/lib.rs \
+    && cargo build --release --locked -p flo-runner --bin flo-runner \
+    && rm -rf src crates/protocol/src target/release/flo-runner* \
+        target/release/.fingerprint/flo-runner-* target/release/.fingerprint/flo-protocol-* \
+        target/release/deps/flo_runner-* target/release/deps/libflo_runner-* \
+        target/release/deps/flo_protocol-* target/release/deps/libflo_protocol-*
+COPY crates/protocol/src ./crates/protocol/src
 COPY src ./src
-RUN cargo build --release --locked --bin flo-runner \
+RUN cargo build --release --locked -p flo-runner --bin flo-runner \
     && install -D -m 0755 target/release/flo-runner /out/flo-runner
 
 # ---------------------------------------------------------------------------

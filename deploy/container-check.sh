@@ -348,8 +348,8 @@ say "base images ready in $(($(now) - t0)) s"
 # --- the image --------------------------------------------------------------------
 step "host build: flo-devserver and the example executor"
 t0=$(now)
-if ! cargo build --quiet --bin flo-devserver --example example-executor; then
-    say "FAIL cargo build --bin flo-devserver --example example-executor"
+if ! cargo build --quiet --workspace --bin flo-devserver --example example-executor; then
+    say "FAIL cargo build --workspace --bin flo-devserver --example example-executor"
     exit 1
 fi
 say "built in $(($(now) - t0)) s"

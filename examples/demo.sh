@@ -2,7 +2,7 @@
 # End-to-end demo: a dev control plane, a runner using the example executor,
 # and one flow run through the whole pipeline.
 #
-# Run by `make demo` after `cargo build --release --bins --examples`.
+# Run by `make demo` after `cargo build --workspace --release --bins --examples`.
 # Environment:
 #   TARGET_DIR     cargo target directory (default: target, relative to the repo)
 #   FLO_DEMO_KEEP  set to 1 to keep the work directory after a successful run
@@ -29,7 +29,7 @@ export RUST_LOG
 
 for bin in "$DEVSERVER" "$RUNNER" "$EXECUTOR"; do
     if [ ! -x "$bin" ]; then
-        echo "demo: $bin not found; run: cargo build --release --bins --examples" >&2
+        echo "demo: $bin not found; run: cargo build --workspace --release --bins --examples" >&2
         exit 1
     fi
 done

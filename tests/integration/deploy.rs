@@ -642,6 +642,73 @@ fn real_runner_kubernetes_mode_uses_the_file_and_reports_healthy() {
     assert!(!runner.log().contains(CODE));
 }
 
+/// The `builder` stage of the Dockerfile, one line per element.
+fn builder_stage(root: &Path) -> Vec<String> {
+    let dockerfile = fs::read_to_string(root.join("Dockerfile")).unwrap();
+    dockerfile
+        .lines()
+        .skip_while(|l| !l.contains(" AS builder"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `COPY` lines among `lines`, as (sources, destination).
+fn copies(lines: &[String]) -> Vec<(Vec<String>, String)> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .map(|l| {
+            let mut words: Vec<String> = l.split_whitespace().map(str::to_string).collect();
+            let dest = words.pop().unwrap();
+            (words, dest)
+        })
+        .collect()
+}
+
+/// Copies as `COPY` does (WORKDIR is `dir`): a directory's contents into
+/// the destination, a file into it when it ends in `/`.
+fn copy_like_docker(root: &Path, dir: &Path, copies: &[(Vec<String>, String)]) {
+    for (sources, dest) in copies {
+        for source in sources {
+            let from = root.join(source);
+            let to = match from.file_name() {
+                Some(name) if from.is_file() && dest.ends_with('/') => dir.join(dest).join(name),
+                _ => dir.join(dest),
+            };
+            fs::create_dir_all(to.parent().unwrap()).unwrap();
+            let status = Command::new("cp")
+                .arg("-rT")
+                .arg(&from)
+                .arg(&to)
+                .status()
+                .unwrap();
+            assert!(status.success(), "COPY {source} {dest}");
+        }
+    }
+}
+
+/// `cargo check` of the runner alone in `dir`, sharing this build's target
+/// directory (so it only checks).
+fn cargo_check_runner(root: &Path, dir: &Path) -> Output {
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| root.join("target").into());
+    Command::new(env!("CARGO"))
+        .args([
+            "check",
+            "--locked",
+            "--offline",
+            "-p",
+            "flo-runner",
+            "--bin",
+            "flo-runner",
+        ])
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 /// The dependency layer of the image's build stage: the files copied before
 /// its first `RUN`, plus the stub sources that `RUN` makes (the commands
 /// before its `cargo build`), must be enough for cargo to build the
@@ -649,26 +716,20 @@ fn real_runner_kubernetes_mode_uses_the_file_and_reports_healthy() {
 #[test]
 fn the_dockerfile_dependency_layer_builds_from_stubs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dockerfile = fs::read_to_string(root.join("Dockerfile")).unwrap();
-    let stage: Vec<&str> = dockerfile
-        .lines()
-        .skip_while(|l| !l.contains(" AS builder"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("FROM "))
-        .collect();
-    let before_run: Vec<&str> = stage
+    let stage = builder_stage(root);
+    let before_run: Vec<String> = stage
         .iter()
         .take_while(|l| !l.starts_with("RUN "))
-        .filter_map(|l| l.strip_prefix("COPY "))
-        .flat_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            words[..words.len() - 1].to_vec()
-        })
+        .cloned()
         .collect();
-    assert_eq!(
-        before_run,
-        ["Cargo.toml", "Cargo.lock", "vendor"],
-        "{stage:?}"
+    let before_run = copies(&before_run);
+    let sources: Vec<&str> = before_run
+        .iter()
+        .flat_map(|(s, _)| s.iter().map(String::as_str))
+        .collect();
+    assert!(
+        sources.iter().all(|s| !s.ends_with("src")),
+        "the dependency layer copies sources: {sources:?}"
     );
     // The first RUN, its continuation lines joined.
     let mut run = String::new();
@@ -688,32 +749,18 @@ fn the_dockerfile_dependency_layer_builds_from_stubs() {
         .split_once("&& cargo build")
         .unwrap_or_else(|| panic!("the first RUN of the builder stage builds nothing: {run}"));
     assert!(
-        build.starts_with(" --release --locked --bin flo-runner"),
+        build.starts_with(" --release --locked -p flo-runner --bin flo-runner"),
         "{build}"
     );
     let dir = tempfile::tempdir().unwrap();
-    for source in &before_run {
-        let status = Command::new("cp")
-            .arg("-r")
-            .arg(root.join(source))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "cp {source}");
-    }
+    copy_like_docker(root, dir.path(), &before_run);
     let status = Command::new("sh")
         .args(["-euc", stubs])
         .current_dir(dir.path())
         .status()
         .unwrap();
     assert!(status.success(), "the stub commands failed: {stubs}");
-    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| root.join("target").into());
-    let out = Command::new(env!("CARGO"))
-        .args(["check", "--locked", "--offline", "--bin", "flo-runner"])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = cargo_check_runner(root, dir.path());
     assert!(
         out.status.success(),
         "cargo rejects the dependency layer's stubs ({stubs}): {}",
@@ -724,39 +771,28 @@ fn the_dockerfile_dependency_layer_builds_from_stubs() {
 /// The image's build stage copies only some of the repository. Without a
 /// Docker engine here, this checks the part that broke before: `cargo check`
 /// of the runner must work with exactly those files (cargo checks, for
-/// instance, that the bench target and the patched dependency exist). The
-/// sources are the `COPY` lines of the `builder` stage, minus `.dockerignore`'s
-/// `*.md`. It shares this build's target directory, so it only checks.
-/// (`make container-check` builds the image for real, where podman runs.)
+/// instance, that every workspace member's manifest and the patched
+/// dependency exist). The sources are the `COPY` lines of the `builder`
+/// stage, minus `.dockerignore`'s `*.md`. (`make container-check` builds the
+/// image for real, where podman runs.)
 #[test]
 fn the_dockerfile_build_stage_copies_what_cargo_needs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dockerfile = fs::read_to_string(root.join("Dockerfile")).unwrap();
-    let stage: Vec<&str> = dockerfile
-        .lines()
-        .skip_while(|l| !l.contains(" AS builder"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("FROM "))
-        .collect();
-    let sources: Vec<&str> = stage
+    let stage = builder_stage(root);
+    let copies = copies(&stage);
+    let sources: Vec<&str> = copies
         .iter()
-        .filter_map(|l| l.strip_prefix("COPY "))
-        .flat_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            words[..words.len() - 1].to_vec()
-        })
+        .flat_map(|(s, _)| s.iter().map(String::as_str))
         .collect();
     assert!(sources.contains(&"Cargo.toml"), "{stage:?}");
-    let dir = tempfile::tempdir().unwrap();
-    for source in &sources {
-        let status = Command::new("cp")
-            .arg("-r")
-            .arg(root.join(source))
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "cp {source}");
+    for server_side in ["crates/devserver/src", "crates/testkit/src", "benches"] {
+        assert!(
+            !sources.contains(&server_side),
+            "the runner's image builds only the runner, yet copies {server_side}"
+        );
     }
+    let dir = tempfile::tempdir().unwrap();
+    copy_like_docker(root, dir.path(), &copies);
     // .dockerignore leaves out every *.md.
     let status = Command::new("find")
         .arg(dir.path())
@@ -764,13 +800,7 @@ fn the_dockerfile_build_stage_copies_what_cargo_needs() {
         .status()
         .unwrap();
     assert!(status.success());
-    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| root.join("target").into());
-    let out = Command::new(env!("CARGO"))
-        .args(["check", "--locked", "--offline", "--bin", "flo-runner"])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = cargo_check_runner(root, dir.path());
     assert!(
         out.status.success(),
         "cargo rejects the build stage's files ({sources:?}): {}",
