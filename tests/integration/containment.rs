@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flo_testkit::{
-    alive, completed, flow, only_result, state_of, wait_for, DevServer, Runner, RunnerSetup,
+    alive, completed, flow, http_get, only_result, state_of, wait_for, DevServer, Runner,
+    RunnerSetup,
 };
 use serde_json::{json, Map, Value};
 
@@ -113,7 +114,10 @@ fn metric(runner: &Runner, name: &str) -> Option<f64> {
         .next()?
         .trim()
         .to_string();
-    let text = ureq::get(&url).call().ok()?.into_string().ok()?;
+    let (status, text) = http_get(&url);
+    if status != 200 {
+        return None;
+    }
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())

@@ -25,13 +25,6 @@ fn flo_of(e: &Value) -> String {
     e["flo_id"].as_str().unwrap_or_default().to_string()
 }
 
-fn error_of(e: &Value) -> String {
-    only_result(e)["state"]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 const OK: &str = "printf '{\"status\":0}' > state.json";
 
 #[test]

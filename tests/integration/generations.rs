@@ -17,21 +17,6 @@ use serde_json::{json, Value};
 const LIMIT: Duration = Duration::from_secs(30);
 const OLDER: &[&str] = &["--generation", "2026-03"];
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn get(url: &str) -> (u16, String) {
-    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 /// `flo-runner SUBCOMMAND` in `dir` (which holds config.json).
 fn subcommand(dir: &Path, sub: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flo-runner"))
@@ -163,7 +148,7 @@ fn the_older_generation_runs_executions_end_to_end_without_its_missing_routes() 
         "the generation is logged:\n{log}"
     );
 
-    let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).1;
+    let metrics = http_get(&format!("http://127.0.0.1:{port}/metrics")).1;
     for line in [
         "flo_runner_api_generation{generation=\"2026-03\"} 1",
         "flo_runner_api_feature{feature=\"log_streaming\"} 0",
@@ -442,10 +427,10 @@ fn health_turns_unhealthy_when_every_poll_is_refused() {
         last.contains("refused") && last.contains("403"),
         "the reason names the refusal: {last}"
     );
-    let (code, body) = get(&format!("http://127.0.0.1:{port}/healthz"));
+    let (code, body) = http_get(&format!("http://127.0.0.1:{port}/healthz"));
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("refused"), "{body}");
-    let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).1;
+    let metrics = http_get(&format!("http://127.0.0.1:{port}/metrics")).1;
     assert!(metrics.contains("flo_runner_healthy 0"), "{metrics}");
 
     // Accepted again: healthy again.
@@ -480,5 +465,5 @@ fn health_stays_healthy_through_an_outage() {
         "unhealthy in an outage: {}",
         text(&out)
     );
-    assert_eq!(get(&format!("http://127.0.0.1:{port}/healthz")).0, 200);
+    assert_eq!(http_get(&format!("http://127.0.0.1:{port}/healthz")).0, 200);
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flo_testkit::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -20,13 +20,6 @@ fn runner_with(server: &DevServer, body: &str) -> (Runner, tempfile::TempDir) {
         .set("execution", "executable_name", json!(exe))
         .start();
     (runner, scripts)
-}
-
-fn error_of(e: &Value) -> String {
-    only_result(e)["state"]["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn empty(dir: &Path) -> bool {

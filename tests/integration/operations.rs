@@ -1,26 +1,10 @@
 //! Watching a runner: /metrics and /healthz on runner.metrics_listen, and
 //! JSON log lines, against the real dev server and runner.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use flo_testkit::*;
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn get(url: &str) -> (u16, String) {
-    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
-}
 
 #[test]
 fn metrics_and_healthz_report_a_run_and_logs_can_be_json() {
@@ -36,7 +20,7 @@ fn metrics_and_healthz_report_a_run_and_logs_can_be_json() {
         .start();
     let base = format!("http://127.0.0.1:{port}");
     wait_for(Duration::from_secs(20), "/healthz 200", || {
-        get(&format!("{base}/healthz")).0 == 200
+        http_get(&format!("{base}/healthz")).0 == 200
     });
 
     let id = server.enqueue(
@@ -46,7 +30,7 @@ fn metrics_and_healthz_report_a_run_and_logs_can_be_json() {
     server.wait_completed(&id, Duration::from_secs(20));
     let mut body = String::new();
     wait_for(Duration::from_secs(10), "the run in /metrics", || {
-        body = get(&format!("{base}/metrics")).1;
+        body = http_get(&format!("{base}/metrics")).1;
         body.contains("flo_runner_executions_finished_total{outcome=\"success\"} 1")
     });
     for line in [
@@ -60,7 +44,7 @@ fn metrics_and_healthz_report_a_run_and_logs_can_be_json() {
     ] {
         assert!(body.contains(line), "missing {line:?} in:\n{body}");
     }
-    assert_eq!(get(&format!("{base}/nope")).0, 404);
+    assert_eq!(http_get(&format!("{base}/nope")).0, 404);
 
     let status = runner.stop();
     assert!(status.success());
@@ -101,7 +85,7 @@ fn healthz_is_503_with_a_reason_before_registration() {
     let url = format!("http://127.0.0.1:{port}/healthz");
     let mut answer = (0, String::new());
     wait_for(Duration::from_secs(20), "/healthz to answer", || {
-        answer = get(&url);
+        answer = http_get(&url);
         answer.0 != 0
     });
     assert_eq!(answer.0, 503, "{answer:?}");

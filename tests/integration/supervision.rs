@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use flo_testkit::{
     completed, execution_requests, flow, lines_received, only_result, read_json, state_of,
-    wait_for, DevServer, Runner, RunnerSetup,
+    wait_for, wait_line, DevServer, Runner, RunnerSetup,
 };
 use serde_json::{json, Map, Value};
 
@@ -22,16 +22,6 @@ fn logs_of(result: &Map<String, Value>) -> String {
         .as_str()
         .expect("state.logs")
         .to_string()
-}
-
-/// Waits until the server has received `line` for `id` (the executor is
-/// past that node).
-fn wait_line(server: &DevServer, runner: &Runner, id: &str, line: &str) {
-    wait_for(
-        LIMIT,
-        &format!("line {line:?} on the server; log:\n{}", runner.log_tail()),
-        || lines_received(server, id).iter().any(|l| l == line),
-    );
 }
 
 /// (state, parent pid, process group) of a process, from /proc.
@@ -434,13 +424,7 @@ fn a_second_signal_skips_the_wait() {
     runner.signal("TERM");
     std::thread::sleep(Duration::from_millis(700));
     assert!(
-        runner
-            .child
-            .as_mut()
-            .expect("runner")
-            .try_wait()
-            .expect("try_wait")
-            .is_none(),
+        runner.is_running(),
         "after one signal the runner waits for its execution"
     );
     let second = Instant::now();

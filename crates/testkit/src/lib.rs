@@ -10,6 +10,7 @@
 //! panic that says so.
 
 pub mod bins;
+pub mod http;
 pub mod process;
 pub mod results;
 mod runner;
@@ -20,9 +21,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub use bins::{devserver_bin, executor_path, noop_executor_path, runner_bin};
+pub use http::{free_port, http_get};
 pub use process::{alive, mode, peak_rss_kib, script_executor};
 pub use results::{
-    completed, execution_requests, lines_received, only_result, read_json, state_of,
+    completed, error_of, execution_requests, lines_received, only_result, read_json, state_of,
+    wait_line,
 };
 pub use runner::{Runner, RunnerSetup};
 pub use server::{spawn_devserver_with, DevServer};

@@ -79,3 +79,22 @@ pub fn lines_received(server: &DevServer, id: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The `state.error` of the one result of a completed execution ("" when
+/// there is none).
+pub fn error_of(e: &Value) -> String {
+    only_result(e)["state"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until the server has received `line` for `id` (the executor is
+/// past that node); the failure message carries the runner log.
+pub fn wait_line(server: &DevServer, runner: &Runner, id: &str, line: &str) {
+    crate::wait_for(
+        Duration::from_secs(30),
+        &format!("line {line:?} on the server; log:\n{}", runner.log_tail()),
+        || lines_received(server, id).iter().any(|l| l == line),
+    );
+}

@@ -139,6 +139,13 @@ impl Runner {
         assert!(status.success());
     }
 
+    /// Started and not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
     /// Waits for the runner to exit on its own.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
