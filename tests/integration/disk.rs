@@ -176,50 +176,41 @@ fn hog(body: &str) -> String {
     format!("case \"$(pwd)\" in\n*/hog/*) {body};;\nesac\n{OK}")
 }
 
-#[test]
-fn an_execution_over_max_dir_bytes_is_stopped_and_the_result_says_why() {
+/// A `hog` flow that `grow`s its directory under `limit` = `value` is stopped
+/// with `error`; the next execution is not affected.
+fn a_hog_is_stopped(grow: &str, limit: &str, value: u64, error: &str) {
     let server = DevServer::start();
     let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script_executor(
-        scripts.path(),
-        &hog("i=0; while :; do head -c 100000 /dev/zero > f$i; i=$((i+1)); sleep 0.05; done"),
-    );
+    let exe = script_executor(scripts.path(), &hog(grow));
     let runner = RunnerSetup::new(&server)
         .set("execution", "executable_name", json!(exe))
-        .set("execution", "max_dir_bytes", json!(1_000_000))
+        .set("execution", limit, json!(value))
         .start();
     let id = server.enqueue(flow(json!([])), json!({"flo_id": "hog"}));
     let e = completed(&server, &runner, &id, LIMIT);
     assert_eq!(only_result(&e)["has_errored"], true, "{e:#}");
-    assert_eq!(
-        error_of(&e),
-        "the execution directory exceeded execution.max_dir_bytes (1000000 bytes)"
-    );
+    assert_eq!(error_of(&e), error);
     let next = server.enqueue(flow(json!([])), json!({"flo_id": "fine"}));
     let e = completed(&server, &runner, &next, LIMIT);
     assert_eq!(only_result(&e)["has_errored"], false, "{e:#}");
 }
 
 #[test]
+fn an_execution_over_max_dir_bytes_is_stopped_and_the_result_says_why() {
+    a_hog_is_stopped(
+        "i=0; while :; do head -c 100000 /dev/zero > f$i; i=$((i+1)); sleep 0.05; done",
+        "max_dir_bytes",
+        1_000_000,
+        "the execution directory exceeded execution.max_dir_bytes (1000000 bytes)",
+    );
+}
+
+#[test]
 fn an_execution_over_max_dir_entries_is_stopped_and_the_result_says_why() {
-    let server = DevServer::start();
-    let scripts = tempfile::tempdir().expect("tempdir");
-    let exe = script_executor(
-        scripts.path(),
-        &hog("mkdir sub; i=0; while :; do : > sub/e$i; i=$((i+1)); sleep 0.01; done"),
+    a_hog_is_stopped(
+        "mkdir sub; i=0; while :; do : > sub/e$i; i=$((i+1)); sleep 0.01; done",
+        "max_dir_entries",
+        100,
+        "the execution directory exceeded execution.max_dir_entries (100 entries)",
     );
-    let runner = RunnerSetup::new(&server)
-        .set("execution", "executable_name", json!(exe))
-        .set("execution", "max_dir_entries", json!(100))
-        .start();
-    let id = server.enqueue(flow(json!([])), json!({"flo_id": "hog"}));
-    let e = completed(&server, &runner, &id, LIMIT);
-    assert_eq!(only_result(&e)["has_errored"], true, "{e:#}");
-    assert_eq!(
-        error_of(&e),
-        "the execution directory exceeded execution.max_dir_entries (100 entries)"
-    );
-    let next = server.enqueue(flow(json!([])), json!({"flo_id": "fine"}));
-    let e = completed(&server, &runner, &next, LIMIT);
-    assert_eq!(only_result(&e)["has_errored"], false, "{e:#}");
 }
