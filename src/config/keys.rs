@@ -45,7 +45,7 @@ pub(super) const SILENT_KEYS: &[&str] = &[
     "execution.download_on_start",
 ];
 
-pub(super) const DEFAULT_EXECUTABLE: &str = "flomation-executor";
+const DEFAULT_EXECUTABLE: &str = "flomation-executor";
 
 /// Also read on its own, by `flo-runner health`.
 pub(super) const STATE_DIRECTORY: Key = Key {
@@ -55,8 +55,6 @@ pub(super) const STATE_DIRECTORY: Key = Key {
     empty_is_unset: true,
     set: |c, v| v.string().map(|s| c.execution.state_directory = s.into()),
 };
-
-const ALLOW_VAR: &str = "FLOMATION_RUNNER_ENVIRONMENT_ALLOW";
 
 /// In the order they are read (a later key may check an earlier one), which
 /// is also the order of the README's table.
@@ -357,7 +355,7 @@ pub(super) const KEYS: &[Key] = &[
     },
     Key {
         name: "execution.environment.allow",
-        vars: &[ALLOW_VAR],
+        vars: &["FLOMATION_RUNNER_ENVIRONMENT_ALLOW"],
         default: Unset,
         empty_is_unset: false,
         set: environment_allow,
