@@ -4,28 +4,25 @@
 //! Precedence for every key: `FLOMATION_*` variable, then the Docker `RUNNER_*`
 //! / `EXECUTOR_*` name (if it has one), then the file, then the default.
 //! An empty variable counts as unset (Docker's `-e NAME=` is a common slip).
+//!
+//! Every key is one entry of the table in `config/keys.rs`; `config/source.rs` finds its
+//! value and words the errors. The types here are what the rest of the
+//! runner reads. Their `Default` is the blank the table fills in, not the
+//! defaults (those are in the table).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+mod keys;
+mod source;
+
+use keys::KEYS;
+use source::Source;
 
 pub const DEFAULT_CONFIG_FILE: &str = "config.json";
-pub const DEFAULT_NAME: &str = "Flo Runner";
-pub const DEFAULT_CERTIFICATE: &str = "flomation-runner.pem";
-pub const DEFAULT_EXECUTABLE: &str = "flomation-executor";
-pub const DEFAULT_EXECUTION_DIRECTORY: &str = "./executions";
-/// `state.json` over this is not read: an errored result says why.
-pub const DEFAULT_MAX_STATE_BYTES: u64 = 8 * 1024 * 1024;
-/// About 2,800 typical executions (seven entries each): the same order as
-/// the 2 GiB byte cap holds, and a small share of a small disk's inodes.
-pub const DEFAULT_RETENTION_MAX_ENTRIES: u64 = 20_000;
-/// A running execution over these is stopped: far above what ordinary
-/// flows write (a large `npm install` is ~100,000 files), low enough that
-/// a runaway flow is stopped before it fills an ordinary host.
-pub const DEFAULT_MAX_DIR_BYTES: u64 = 10 * 1024 * 1024 * 1024;
-pub const DEFAULT_MAX_DIR_ENTRIES: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,9 +48,10 @@ pub enum ConfigError {
 }
 
 /// How registration is retried (PROTOCOL.md §3, flo-runner goes further).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RetryStrategy {
     /// 8 s, doubling, until `max_duration` has passed; then give up.
+    #[default]
     Exponential,
     /// Every `interval`, forever.
     Interval,
@@ -61,14 +59,14 @@ pub enum RetryStrategy {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RegistrationRetry {
     pub strategy: RetryStrategy,
     pub interval: Duration,
     pub max_duration: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunnerConfig {
     /// API base URL, without a trailing slash.
     pub url: String,
@@ -83,7 +81,7 @@ pub struct RunnerConfig {
     pub unhealthy_after_refused: Option<Duration>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ExecutionConfig {
     pub max_concurrent_executors: usize,
     pub state_directory: PathBuf,
@@ -138,18 +136,20 @@ pub struct ExecutionConfig {
 /// is delegated. Moving the executor into its cgroup costs the kernel an
 /// RCU grace period per execution (about 13 ms measured on this project's
 /// CI machine), so by default it is done only when a limit needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CgroupMode {
     /// When `memory_max_bytes` or `pids_max` is set.
+    #[default]
     Auto,
     On,
     Off,
 }
 
 /// `execution.sandbox`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SandboxMode {
     /// Landlock where the kernel has it; where not, said once at start-up.
+    #[default]
     Auto,
     /// No start without Landlock.
     Required,
@@ -164,16 +164,17 @@ pub enum RunAs {
 }
 
 /// `execution.environment.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EnvironmentMode {
     /// The runner's whole environment minus its own secrets and settings.
+    #[default]
     Inherit,
     /// Only a basic set (PATH, HOME, locale...) and the `allow` patterns.
     Allowlist,
 }
 
 /// `execution.environment`: what the executor's environment holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EnvironmentConfig {
     pub mode: EnvironmentMode,
     /// Names, or prefixes ending in `*` (`AWS_*`); allowlist mode only.
@@ -182,16 +183,18 @@ pub struct EnvironmentConfig {
     pub set: Vec<(String, String)>,
 }
 
+/// `tls`: paths and the URL are `None` when unset (`""` in the file).
 #[derive(Debug, Clone, Default)]
 pub struct TlsConfig {
     pub enabled: bool,
-    pub ca_cert: String,
-    pub cert: String,
-    pub key: String,
-    pub api_url: String,
+    /// Extra CA certificates, trusted whether or not mTLS is on.
+    pub ca_cert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub api_url: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     /// The file that was read, if one was.
     pub source: Option<PathBuf>,
@@ -203,64 +206,12 @@ pub struct Config {
 impl Config {
     /// The URL executors are told to call (`tls.api_url` when mTLS is on).
     pub fn executor_api_url(&self) -> &str {
-        if self.tls.enabled && !self.tls.api_url.is_empty() {
-            &self.tls.api_url
-        } else {
-            &self.runner.url
+        match &self.tls.api_url {
+            Some(url) if self.tls.enabled => url,
+            _ => &self.runner.url,
         }
     }
 }
-
-/// Keys the Go runner's Docker entrypoint writes; accepted without a warning.
-const SILENT_KEYS: &[&str] = &[
-    "execution.execution_install_dir",
-    "execution.execution_module_dir",
-    "execution.download_on_start",
-];
-
-/// Every key we know: (section, key).
-const KNOWN_KEYS: &[(&str, &str)] = &[
-    ("runner", "url"),
-    ("runner", "registration_code"),
-    ("runner", "name"),
-    ("runner", "checkin_timeout"),
-    ("runner", "certificate"),
-    ("runner", "registration_retry"),
-    ("runner", "shutdown_grace_secs"),
-    ("runner", "metrics_listen"),
-    ("runner", "unhealthy_after_refused_secs"),
-    ("execution", "max_concurrent_executors"),
-    ("execution", "state_directory"),
-    ("execution", "execution_directory"),
-    ("execution", "executable_name"),
-    ("execution", "timeout_secs"),
-    ("execution", "kill_grace_secs"),
-    ("execution", "max_log_bytes"),
-    ("execution", "log_batch_lines"),
-    ("execution", "log_flush_ms"),
-    ("execution", "max_output_file_bytes"),
-    ("execution", "max_state_bytes"),
-    ("execution", "retention_hours"),
-    ("execution", "retention_max_bytes"),
-    ("execution", "retention_max_entries"),
-    ("execution", "retention_interval_secs"),
-    ("execution", "max_dir_bytes"),
-    ("execution", "max_dir_entries"),
-    ("execution", "sandbox"),
-    ("execution", "run_as"),
-    ("execution", "pass_key"),
-    ("execution", "environment"),
-    ("execution", "memory_max_bytes"),
-    ("execution", "pids_max"),
-    ("execution", "cgroups"),
-    ("tls", "enabled"),
-    ("tls", "ca_cert"),
-    ("tls", "cert"),
-    ("tls", "key"),
-    ("tls", "api_url"),
-];
-const RETRY_KEYS: &[&str] = &["strategy", "interval_secs", "max_duration_secs"];
-const ENVIRONMENT_KEYS: &[&str] = &["mode", "allow", "set"];
 
 /// Loads the configuration. `explicit` says the path came from `--config`, in
 /// which case a missing file is an error; the default `./config.json` may be
@@ -271,890 +222,47 @@ pub fn load(
     explicit: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(Config, Vec<String>), ConfigError> {
-    let file = match std::fs::read(path) {
-        Ok(bytes) => {
-            Some(
-                serde_json::from_slice::<Value>(&bytes).map_err(|e| ConfigError::NotJson {
-                    path: path.to_path_buf(),
-                    why: e.to_string(),
-                })?,
-            )
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => None,
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
+    let file = source::read_file(path, explicit)?;
     let src = Source {
         path,
         root: file.as_ref(),
         env: &|name: &str| env(name).filter(|v| !v.trim().is_empty()),
     };
     let warnings = src.unknown_keys()?;
-    let config = build(&src, file.is_some())?;
+    let mut config = Config {
+        source: file.is_some().then(|| path.to_path_buf()),
+        ..Config::default()
+    };
+    for key in KEYS {
+        src.apply(&mut config, key)?;
+    }
     Ok((config, warnings))
 }
 
-/// Only `execution.state_directory` (file, then environment, then default),
-/// for `flo-runner health`, which must work even where the rest of the
+/// Only `execution.state_directory`, with the same precedence, for
+/// `flo-runner health`, which must work even where the rest of the
 /// configuration (the URL, the code) lives only in the runner's environment.
+/// A file that cannot be read or holds a bad value counts as absent: the
+/// runner itself would not have started with it, and health still answers.
 pub fn state_directory(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    let from_env = env("FLOMATION_RUNNER_STATE_DIRECTORY").filter(|v| !v.trim().is_empty());
-    let from_file = || {
-        let bytes = std::fs::read(path).ok()?;
-        let v: Value = serde_json::from_slice(&bytes).ok()?;
-        v.get("execution")?
-            .get("state_directory")?
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    };
-    PathBuf::from(
-        from_env
-            .or_else(from_file)
-            .unwrap_or_else(|| "./".to_string()),
-    )
-}
-
-fn build(src: &Source, have_file: bool) -> Result<Config, ConfigError> {
-    let url = src
-        .string("runner", "url", &["FLOMATION_API", "RUNNER_URL"])?
-        .ok_or(ConfigError::Missing {
-            key: "runner.url",
-            path: src.path.to_path_buf(),
-            env: "FLOMATION_API",
-        })?;
-    let url = validate_url(src, "runner.url", &["FLOMATION_API", "RUNNER_URL"], &url)?;
-    let registration_code = src
-        .string(
-            "runner",
-            "registration_code",
-            &["FLOMATION_REGISTRATION_CODE", "RUNNER_REGISTRATION_CODE"],
-        )?
-        .filter(|c| !c.is_empty())
-        .ok_or(ConfigError::Missing {
-            key: "runner.registration_code",
-            path: src.path.to_path_buf(),
-            env: "FLOMATION_REGISTRATION_CODE",
-        })?;
-    let name = src
-        .string("runner", "name", &["FLOMATION_RUNNER_NAME", "RUNNER_NAME"])?
-        .unwrap_or_else(|| DEFAULT_NAME.to_string());
-    let checkin = src
-        .uint(
-            "runner",
-            "checkin_timeout",
-            &["FLOMATION_RUNNER_CHECKIN_TIMEOUT", "RUNNER_CHECKIN_TIMEOUT"],
-        )?
-        .unwrap_or(5);
-    let certificate = src
-        .string(
-            "runner",
-            "certificate",
-            &["FLOMATION_RUNNER_CERTIFICATE_PATH"],
-        )?
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| DEFAULT_CERTIFICATE.to_string());
-    let registration_retry = retry(src)?;
-    let shutdown_grace = src
-        .uint(
-            "runner",
-            "shutdown_grace_secs",
-            &["FLOMATION_RUNNER_SHUTDOWN_GRACE_SECS"],
-        )?
-        .unwrap_or(30);
-    let metrics_listen = match src.nullable_string(
-        "runner",
-        "metrics_listen",
-        &["FLOMATION_RUNNER_METRICS_LISTEN"],
-    )? {
-        None => None,
-        Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
-            src.invalid(
-                "runner.metrics_listen",
-                &["FLOMATION_RUNNER_METRICS_LISTEN"],
-                format!("{addr:?} is not a host:port socket address ({e})"),
-            )
-        })?),
-    };
-    // Three minutes: several polls at the longest error backoff (60 s), so
-    // one refused poll in a deployment's hiccup is not enough.
-    let unhealthy_after_refused = src
-        .uint(
-            "runner",
-            "unhealthy_after_refused_secs",
-            &["FLOMATION_RUNNER_UNHEALTHY_AFTER_REFUSED_SECS"],
-        )?
-        .unwrap_or(180);
-
-    // Go semantics: below 1 means 1.
-    let max_concurrent = src
-        .int(
-            "execution",
-            "max_concurrent_executors",
-            &["FLOMATION_RUNNER_MAX_EXECUTORS", "EXECUTOR_MAX_CONCURRENT"],
-        )?
-        .unwrap_or(1)
-        .max(1);
-    let max_concurrent = usize::try_from(max_concurrent)
-        .unwrap_or(usize::MAX)
-        .min(1024);
-    let state_directory = src
-        .string(
-            "execution",
-            "state_directory",
-            &["FLOMATION_RUNNER_STATE_DIRECTORY"],
-        )?
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "./".to_string());
-    let execution_directory = src
-        .string(
-            "execution",
-            "execution_directory",
-            &["FLOMATION_RUNNER_EXECUTION_DIRECTORY", "EXECUTOR_DIRECTORY"],
-        )?
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| DEFAULT_EXECUTION_DIRECTORY.to_string());
-    let executable_name = src
-        .string(
-            "execution",
-            "executable_name",
-            &["FLOMATION_RUNNER_EXECUTABLE_NAME"],
-        )?
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_EXECUTABLE.to_string());
-    let mut words = executable_name.split(' ').filter(|w| !w.is_empty());
-    let program = words.next().unwrap_or(DEFAULT_EXECUTABLE);
-    let leading_args = words.map(str::to_string).collect();
-    let timeout_secs = src
-        .uint(
-            "execution",
-            "timeout_secs",
-            &["FLOMATION_RUNNER_TIMEOUT_SECS"],
-        )?
-        .unwrap_or(0);
-    let kill_grace = src
-        .uint(
-            "execution",
-            "kill_grace_secs",
-            &["FLOMATION_RUNNER_KILL_GRACE_SECS"],
-        )?
-        .unwrap_or(10);
-    let max_log_bytes = src
-        .uint(
-            "execution",
-            "max_log_bytes",
-            &["FLOMATION_RUNNER_MAX_LOG_BYTES"],
-        )?
-        .unwrap_or(1_048_576);
-    // Room for the "output cut" marker line and at least a little output.
-    if max_log_bytes < 1024 {
-        return Err(src.invalid(
-            "execution.max_log_bytes",
-            &["FLOMATION_RUNNER_MAX_LOG_BYTES"],
-            format!("{max_log_bytes} is too small (at least 1024)"),
-        ));
-    }
-    let log_batch_lines = src
-        .uint(
-            "execution",
-            "log_batch_lines",
-            &["FLOMATION_RUNNER_LOG_BATCH_LINES"],
-        )?
-        .unwrap_or(1000);
-    if log_batch_lines == 0 {
-        return Err(src.invalid(
-            "execution.log_batch_lines",
-            &["FLOMATION_RUNNER_LOG_BATCH_LINES"],
-            "must be at least 1".into(),
-        ));
-    }
-    let log_flush_ms = src
-        .uint(
-            "execution",
-            "log_flush_ms",
-            &["FLOMATION_RUNNER_LOG_FLUSH_MS"],
-        )?
-        .unwrap_or(500);
-    if log_flush_ms == 0 {
-        return Err(src.invalid(
-            "execution.log_flush_ms",
-            &["FLOMATION_RUNNER_LOG_FLUSH_MS"],
-            "must be at least 1".into(),
-        ));
-    }
-    let max_output_file_bytes = src
-        .uint(
-            "execution",
-            "max_output_file_bytes",
-            &["FLOMATION_RUNNER_MAX_OUTPUT_FILE_BYTES"],
-        )?
-        .unwrap_or(104_857_600);
-    let max_state_bytes = src
-        .uint(
-            "execution",
-            "max_state_bytes",
-            &["FLOMATION_RUNNER_MAX_STATE_BYTES"],
-        )?
-        .unwrap_or(DEFAULT_MAX_STATE_BYTES);
-
-    let retention_hours = src
-        .uint(
-            "execution",
-            "retention_hours",
-            &["FLOMATION_RUNNER_RETENTION_HOURS"],
-        )?
-        .unwrap_or(72);
-    let retention_max_bytes = src
-        .uint(
-            "execution",
-            "retention_max_bytes",
-            &["FLOMATION_RUNNER_RETENTION_MAX_BYTES"],
-        )?
-        .unwrap_or(2 * 1024 * 1024 * 1024);
-    let retention_max_entries = src
-        .uint(
-            "execution",
-            "retention_max_entries",
-            &["FLOMATION_RUNNER_RETENTION_MAX_ENTRIES"],
-        )?
-        .unwrap_or(DEFAULT_RETENTION_MAX_ENTRIES);
-    let retention_interval_secs = src
-        .uint(
-            "execution",
-            "retention_interval_secs",
-            &["FLOMATION_RUNNER_RETENTION_INTERVAL_SECS"],
-        )?
-        .unwrap_or(600);
-    if retention_interval_secs == 0 {
-        return Err(src.invalid(
-            "execution.retention_interval_secs",
-            &["FLOMATION_RUNNER_RETENTION_INTERVAL_SECS"],
-            "must be at least 1".into(),
-        ));
-    }
-    // 0 = no limit, like the retention limits.
-    let max_dir_bytes = src
-        .uint(
-            "execution",
-            "max_dir_bytes",
-            &["FLOMATION_RUNNER_MAX_DIR_BYTES"],
-        )?
-        .unwrap_or(DEFAULT_MAX_DIR_BYTES);
-    let max_dir_entries = src
-        .uint(
-            "execution",
-            "max_dir_entries",
-            &["FLOMATION_RUNNER_MAX_DIR_ENTRIES"],
-        )?
-        .unwrap_or(DEFAULT_MAX_DIR_ENTRIES);
-    // Unset (or 0) = no limit: a limit that kills flows must be chosen.
-    let memory_max_bytes = src
-        .uint(
-            "execution",
-            "memory_max_bytes",
-            &["FLOMATION_RUNNER_MEMORY_MAX_BYTES"],
-        )?
-        .filter(|v| *v > 0);
-    // Below a megabyte nothing starts, and the executor fails to spawn with
-    // an error that does not say why.
-    if let Some(m) = memory_max_bytes.filter(|m| *m < 1 << 20) {
-        return Err(src.invalid(
-            "execution.memory_max_bytes",
-            &["FLOMATION_RUNNER_MEMORY_MAX_BYTES"],
-            format!("{m} is too small (at least 1048576, or 0 for no limit)"),
-        ));
-    }
-    let pids_max = src
-        .uint("execution", "pids_max", &["FLOMATION_RUNNER_PIDS_MAX"])?
-        .filter(|v| *v > 0);
-    let cgroups = match src.string("execution", "cgroups", &["FLOMATION_RUNNER_CGROUPS"])? {
-        None => CgroupMode::Auto,
-        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" => CgroupMode::Auto,
-            "on" => CgroupMode::On,
-            "off" => CgroupMode::Off,
-            _ => {
-                return Err(src.invalid(
-                    "execution.cgroups",
-                    &["FLOMATION_RUNNER_CGROUPS"],
-                    format!("{v:?} is not one of auto, on, off"),
-                ))
-            }
-        },
-    };
-
-    let sandbox = match src.string("execution", "sandbox", &["FLOMATION_RUNNER_SANDBOX"])? {
-        None => SandboxMode::Auto,
-        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" => SandboxMode::Auto,
-            "required" => SandboxMode::Required,
-            "off" => SandboxMode::Off,
-            _ => {
-                return Err(src.invalid(
-                    "execution.sandbox",
-                    &["FLOMATION_RUNNER_SANDBOX"],
-                    format!("{v:?} is not one of auto, required, off"),
-                ))
-            }
-        },
-    };
-    let run_as =
-        match src.nullable_string("execution", "run_as", &["FLOMATION_RUNNER_RUN_AS"])? {
-            None => None,
-            Some(v) => Some(parse_run_as(&v).map_err(|why| {
-                src.invalid("execution.run_as", &["FLOMATION_RUNNER_RUN_AS"], why)
-            })?),
+    let file = source::read_file(path, false).ok().flatten();
+    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let from = |root: Option<&Value>| {
+        let mut config = Config::default();
+        let src = Source {
+            path,
+            root,
+            env: &env,
         };
-    let pass_key = src
-        .boolean("execution", "pass_key", &["FLOMATION_RUNNER_PASS_KEY"])?
-        .unwrap_or(true);
-    let environment = environment(src)?;
-
-    let tls = TlsConfig {
-        enabled: src
-            .boolean("tls", "enabled", &["MTLS_ENABLED"])?
-            .unwrap_or(false),
-        ca_cert: src
-            .string("tls", "ca_cert", &["MTLS_CA_CERT"])?
-            .unwrap_or_default(),
-        cert: src
-            .string("tls", "cert", &["MTLS_CERT"])?
-            .unwrap_or_default(),
-        key: src.string("tls", "key", &["MTLS_KEY"])?.unwrap_or_default(),
-        api_url: src
-            .string("tls", "api_url", &["MTLS_API_URL"])?
-            .unwrap_or_default(),
+        src.apply(&mut config, &keys::STATE_DIRECTORY)
+            .ok()
+            .map(|()| config.execution.state_directory)
     };
-    if tls.enabled && !tls.api_url.is_empty() {
-        validate_url(src, "tls.api_url", &["MTLS_API_URL"], &tls.api_url)?;
-    }
-
-    Ok(Config {
-        source: have_file.then(|| src.path.to_path_buf()),
-        runner: RunnerConfig {
-            url,
-            registration_code,
-            name,
-            checkin_timeout: Duration::from_secs(checkin),
-            certificate: PathBuf::from(certificate),
-            registration_retry,
-            shutdown_grace: Duration::from_secs(shutdown_grace),
-            metrics_listen,
-            unhealthy_after_refused: (unhealthy_after_refused > 0)
-                .then(|| Duration::from_secs(unhealthy_after_refused)),
-        },
-        execution: ExecutionConfig {
-            max_concurrent_executors: max_concurrent,
-            state_directory: PathBuf::from(state_directory),
-            execution_directory: PathBuf::from(execution_directory),
-            program: resolve_program(program),
-            leading_args,
-            executable_name,
-            timeout: (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs)),
-            kill_grace: Duration::from_secs(kill_grace),
-            max_log_bytes: usize::try_from(max_log_bytes).unwrap_or(usize::MAX),
-            log_batch_lines: usize::try_from(log_batch_lines).unwrap_or(usize::MAX),
-            log_flush: Duration::from_millis(log_flush_ms),
-            max_output_file_bytes,
-            max_state_bytes,
-            retention: (retention_hours > 0)
-                .then(|| Duration::from_secs(retention_hours.saturating_mul(3600))),
-            retention_max_bytes: (retention_max_bytes > 0).then_some(retention_max_bytes),
-            retention_max_entries: (retention_max_entries > 0).then_some(retention_max_entries),
-            retention_interval: Duration::from_secs(retention_interval_secs),
-            max_dir_bytes: (max_dir_bytes > 0).then_some(max_dir_bytes),
-            max_dir_entries: (max_dir_entries > 0).then_some(max_dir_entries),
-            sandbox,
-            run_as,
-            pass_key,
-            environment,
-            memory_max_bytes,
-            pids_max,
-            cgroups,
-        },
-        tls,
-    })
-}
-
-/// A program given as a relative path with a slash is taken relative to the
-/// runner's working directory (the executor itself runs elsewhere); a bare
-/// name is looked up in `PATH` as usual.
-fn resolve_program(program: &str) -> PathBuf {
-    let p = PathBuf::from(program);
-    if p.is_relative() && program.contains('/') {
-        if let Ok(cwd) = std::env::current_dir() {
-            return cwd.join(p);
-        }
-    }
-    p
-}
-
-fn validate_url(src: &Source, key: &str, vars: &[&str], url: &str) -> Result<String, ConfigError> {
-    let trimmed = url.trim().trim_end_matches('/');
-    let rest = trimmed
-        .strip_prefix("http://")
-        .or_else(|| trimmed.strip_prefix("https://"));
-    match rest {
-        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
-            Ok(trimmed.to_string())
-        }
-        _ => Err(src.invalid(
-            key,
-            vars,
-            format!("{url:?} is not an http:// or https:// URL"),
-        )),
-    }
-}
-
-fn retry(src: &Source) -> Result<RegistrationRetry, ConfigError> {
-    let obj = match src.field("runner", "registration_retry") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
-        Some(other) => {
-            return Err(src.file_invalid(
-                "runner.registration_retry",
-                format!("expected an object, found {}", kind(other)),
-            ))
-        }
-    };
-    let sub = |k: &str| obj.and_then(|m| m.get(k)).filter(|v| !v.is_null());
-    let env = |name: &str| (src.env)(name);
-
-    let strategy = match env("FLOMATION_RUNNER_REGISTRATION_RETRY_STRATEGY") {
-        Some(v) => parse_strategy(&v).ok_or_else(|| {
-            src.env_invalid(
-                "FLOMATION_RUNNER_REGISTRATION_RETRY_STRATEGY",
-                format!("{v:?} is not one of exponential, interval, none"),
-            )
-        })?,
-        None => match sub("strategy") {
-            None => RetryStrategy::Exponential,
-            Some(Value::String(s)) => parse_strategy(s).ok_or_else(|| {
-                src.file_invalid(
-                    "runner.registration_retry.strategy",
-                    format!("{s:?} is not one of exponential, interval, none"),
-                )
-            })?,
-            Some(other) => {
-                return Err(src.file_invalid(
-                    "runner.registration_retry.strategy",
-                    format!("expected a string, found {}", kind(other)),
-                ))
-            }
-        },
-    };
-    let number = |key: &str, env_name: &str, default: u64| -> Result<u64, ConfigError> {
-        if let Some(v) = env(env_name) {
-            return v
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| src.env_invalid(env_name, format!("{v:?} is not a whole number")));
-        }
-        match sub(key) {
-            None => Ok(default),
-            Some(v) => as_uint(v).ok_or_else(|| {
-                src.file_invalid(
-                    &format!("runner.registration_retry.{key}"),
-                    format!("expected a whole number, found {}", describe(v)),
-                )
-            }),
-        }
-    };
-    let interval = number(
-        "interval_secs",
-        "FLOMATION_RUNNER_REGISTRATION_RETRY_INTERVAL_SECS",
-        60,
-    )?;
-    if interval == 0 {
-        return Err(src.invalid(
-            "runner.registration_retry.interval_secs",
-            &["FLOMATION_RUNNER_REGISTRATION_RETRY_INTERVAL_SECS"],
-            "must be at least 1".into(),
-        ));
-    }
-    let max_duration = number(
-        "max_duration_secs",
-        "FLOMATION_RUNNER_REGISTRATION_RETRY_MAX_DURATION_SECS",
-        900,
-    )?;
-    Ok(RegistrationRetry {
-        strategy,
-        interval: Duration::from_secs(interval),
-        max_duration: Duration::from_secs(max_duration),
-    })
-}
-
-/// `name`, `uid` or `uid:gid`. A name is looked up at start-up (the
-/// `sandbox` module), where a missing user can be reported with the rest.
-fn parse_run_as(v: &str) -> Result<RunAs, String> {
-    let v = v.trim();
-    let number = |s: &str, what: &str| {
-        s.parse::<u32>().map_err(|_| {
-            format!("{v:?}: the {what} {s:?} is not a number (use NAME, UID or UID:GID)")
-        })
-    };
-    if let Some((uid, gid)) = v.split_once(':') {
-        return Ok(RunAs::Id {
-            uid: number(uid, "uid")?,
-            gid: Some(number(gid, "gid")?),
-        });
-    }
-    if v.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(RunAs::Id {
-            uid: number(v, "uid")?,
-            gid: None,
-        });
-    }
-    if v.contains(|c: char| c.is_whitespace() || c == '/' || c == '\0') {
-        return Err(format!(
-            "{v:?} is not a user name (use NAME, UID or UID:GID)"
-        ));
-    }
-    Ok(RunAs::Name(v.to_string()))
-}
-
-/// `execution.environment` from the file, with `mode` and `allow` also
-/// from `FLOMATION_RUNNER_ENVIRONMENT_MODE` / `_ALLOW` (comma-separated).
-fn environment(src: &Source) -> Result<EnvironmentConfig, ConfigError> {
-    const MODE_VAR: &str = "FLOMATION_RUNNER_ENVIRONMENT_MODE";
-    const ALLOW_VAR: &str = "FLOMATION_RUNNER_ENVIRONMENT_ALLOW";
-    let obj = match src.field("execution", "environment") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m),
-        Some(other) => {
-            return Err(src.file_invalid(
-                "execution.environment",
-                format!("expected an object, found {}", kind(other)),
-            ))
-        }
-    };
-    let sub = |k: &str| obj.and_then(|m| m.get(k)).filter(|v| !v.is_null());
-    let parse_mode = |s: &str| match s.trim().to_ascii_lowercase().as_str() {
-        "inherit" => Some(EnvironmentMode::Inherit),
-        "allowlist" => Some(EnvironmentMode::Allowlist),
-        _ => None,
-    };
-    let mode = match (src.env)(MODE_VAR) {
-        Some(v) => parse_mode(&v).ok_or_else(|| {
-            src.env_invalid(MODE_VAR, format!("{v:?} is not one of inherit, allowlist"))
-        })?,
-        None => match sub("mode") {
-            None => EnvironmentMode::Inherit,
-            Some(Value::String(s)) => parse_mode(s).ok_or_else(|| {
-                src.file_invalid(
-                    "execution.environment.mode",
-                    format!("{s:?} is not one of inherit, allowlist"),
-                )
-            })?,
-            Some(other) => {
-                return Err(src.file_invalid(
-                    "execution.environment.mode",
-                    format!("expected a string, found {}", kind(other)),
-                ))
-            }
-        },
-    };
-    let allow: Vec<String> = match (src.env)(ALLOW_VAR) {
-        Some(v) => v
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        None => match sub("allow") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|i| match i {
-                    Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-                    other => Err(src.file_invalid(
-                        "execution.environment.allow",
-                        format!("expected variable names, found {}", describe(other)),
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(src.file_invalid(
-                    "execution.environment.allow",
-                    format!("expected an array of names, found {}", kind(other)),
-                ))
-            }
-        },
-    };
-    if let Some(bad) = allow
-        .iter()
-        .find(|a| !valid_name(a.strip_suffix('*').unwrap_or(a)))
-    {
-        return Err(src.invalid(
-            "execution.environment.allow",
-            &[ALLOW_VAR],
-            format!("{bad:?} is not a variable name or a prefix ending in *"),
-        ));
-    }
-    if mode == EnvironmentMode::Inherit && !allow.is_empty() {
-        return Err(src.invalid(
-            "execution.environment.allow",
-            &[ALLOW_VAR],
-            "is only used with \"mode\": \"allowlist\" (in inherit mode every variable but the runner's own is passed)".into(),
-        ));
-    }
-    let set = match sub("set") {
-        None => Vec::new(),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) if valid_name(k) => Ok((k.clone(), s.clone())),
-                Value::String(_) => Err(src.file_invalid(
-                    "execution.environment.set",
-                    format!("{k:?} is not a variable name"),
-                )),
-                other => Err(src.file_invalid(
-                    &format!("execution.environment.set.{k}"),
-                    format!("expected a string, found {}", describe(other)),
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(src.file_invalid(
-                "execution.environment.set",
-                format!("expected an object of strings, found {}", kind(other)),
-            ))
-        }
-    };
-    Ok(EnvironmentConfig { mode, allow, set })
-}
-
-/// A name `execve` can carry: not empty, no `=` and no NUL.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['=', '\0'])
-}
-
-fn parse_strategy(s: &str) -> Option<RetryStrategy> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "exponential" => Some(RetryStrategy::Exponential),
-        "interval" => Some(RetryStrategy::Interval),
-        "none" => Some(RetryStrategy::None),
-        _ => None,
-    }
-}
-
-/// The config file plus the environment, with typed accessors whose errors
-/// name where the bad value came from.
-struct Source<'a> {
-    path: &'a Path,
-    root: Option<&'a Value>,
-    env: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Source<'_> {
-    fn field(&self, section: &str, key: &str) -> Option<&Value> {
-        self.root?.get(section)?.get(key)
-    }
-
-    fn file_invalid(&self, key: &str, why: String) -> ConfigError {
-        ConfigError::Invalid {
-            origin: self.path.display().to_string(),
-            key: key.to_string(),
-            why,
-        }
-    }
-
-    fn env_invalid(&self, var: &str, why: String) -> ConfigError {
-        ConfigError::Invalid {
-            origin: "environment".to_string(),
-            key: var.to_string(),
-            why,
-        }
-    }
-
-    /// A value that parsed but is not allowed: blames the variable when one
-    /// of `vars` supplied it, else the file.
-    fn invalid(&self, key: &str, vars: &[&str], why: String) -> ConfigError {
-        match self.env_value(vars) {
-            Some((var, _)) => self.env_invalid(&var, why),
-            None => self.file_invalid(key, why),
-        }
-    }
-
-    fn env_value(&self, vars: &[&str]) -> Option<(String, String)> {
-        vars.iter()
-            .find_map(|v| (self.env)(v).map(|val| (v.to_string(), val)))
-    }
-
-    /// Null in the file counts as absent (Go's `*string` fields are nullable).
-    fn file_value(&self, section: &str, key: &str) -> Option<&Value> {
-        self.field(section, key).filter(|v| !v.is_null())
-    }
-
-    fn string(
-        &self,
-        section: &str,
-        key: &str,
-        vars: &[&str],
-    ) -> Result<Option<String>, ConfigError> {
-        if let Some((_, v)) = self.env_value(vars) {
-            return Ok(Some(v));
-        }
-        match self.file_value(section, key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.file_invalid(
-                &format!("{section}.{key}"),
-                format!("expected a string, found {}", describe(other)),
-            )),
-        }
-    }
-
-    fn nullable_string(
-        &self,
-        section: &str,
-        key: &str,
-        vars: &[&str],
-    ) -> Result<Option<String>, ConfigError> {
-        Ok(self.string(section, key, vars)?.filter(|s| !s.is_empty()))
-    }
-
-    fn int(&self, section: &str, key: &str, vars: &[&str]) -> Result<Option<i64>, ConfigError> {
-        if let Some((var, v)) = self.env_value(vars) {
-            return v
-                .trim()
-                .parse::<i64>()
-                .map(Some)
-                .map_err(|_| self.env_invalid(&var, format!("{v:?} is not a whole number")));
-        }
-        match self.file_value(section, key) {
-            None => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-                self.file_invalid(
-                    &format!("{section}.{key}"),
-                    format!("expected a whole number, found {}", describe(v)),
-                )
-            }),
-        }
-    }
-
-    fn uint(&self, section: &str, key: &str, vars: &[&str]) -> Result<Option<u64>, ConfigError> {
-        if let Some((var, v)) = self.env_value(vars) {
-            return v.trim().parse::<u64>().map(Some).map_err(|_| {
-                self.env_invalid(&var, format!("{v:?} is not a non-negative whole number"))
-            });
-        }
-        match self.file_value(section, key) {
-            None => Ok(None),
-            Some(v) => as_uint(v).map(Some).ok_or_else(|| {
-                self.file_invalid(
-                    &format!("{section}.{key}"),
-                    format!(
-                        "expected a non-negative whole number, found {}",
-                        describe(v)
-                    ),
-                )
-            }),
-        }
-    }
-
-    fn boolean(
-        &self,
-        section: &str,
-        key: &str,
-        vars: &[&str],
-    ) -> Result<Option<bool>, ConfigError> {
-        if let Some((var, v)) = self.env_value(vars) {
-            return match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(Some(true)),
-                "0" | "false" | "no" | "off" => Ok(Some(false)),
-                _ => Err(self.env_invalid(&var, format!("{v:?} is not true or false"))),
-            };
-        }
-        match self.file_value(section, key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(self.file_invalid(
-                &format!("{section}.{key}"),
-                format!("expected true or false, found {}", describe(other)),
-            )),
-        }
-    }
-
-    /// Warnings for keys we do not know; errors for sections of the wrong type.
-    fn unknown_keys(&self) -> Result<Vec<String>, ConfigError> {
-        let mut warnings = Vec::new();
-        let Some(root) = self.root else {
-            return Ok(warnings);
-        };
-        let Value::Object(root) = root else {
-            return Err(self.file_invalid(
-                "(top level)",
-                format!("expected an object, found {}", kind(root)),
-            ));
-        };
-        for (section, value) in root {
-            if !matches!(section.as_str(), "runner" | "execution" | "tls") {
-                warnings.push(self.unknown(section));
-                continue;
-            }
-            let map: &Map<String, Value> = match value {
-                Value::Object(m) => m,
-                Value::Null if section == "tls" => continue,
-                other => {
-                    return Err(self.file_invalid(
-                        section,
-                        format!("expected an object, found {}", kind(other)),
-                    ))
-                }
-            };
-            for (key, v) in map {
-                let dotted = format!("{section}.{key}");
-                if KNOWN_KEYS.contains(&(section.as_str(), key.as_str())) {
-                    let sub_keys = match dotted.as_str() {
-                        "runner.registration_retry" => RETRY_KEYS,
-                        "execution.environment" => ENVIRONMENT_KEYS,
-                        _ => &[],
-                    };
-                    if let (false, Value::Object(r)) = (sub_keys.is_empty(), v) {
-                        for k in r.keys().filter(|k| !sub_keys.contains(&k.as_str())) {
-                            warnings.push(self.unknown(&format!("{dotted}.{k}")));
-                        }
-                    }
-                } else if !SILENT_KEYS.contains(&dotted.as_str()) {
-                    warnings.push(self.unknown(&dotted));
-                }
-            }
-        }
-        Ok(warnings)
-    }
-
-    fn unknown(&self, key: &str) -> String {
-        format!("{}: unknown key {key:?} ignored", self.path.display())
-    }
-}
-
-fn as_uint(v: &Value) -> Option<u64> {
-    v.as_u64()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn describe(v: &Value) -> String {
-    let mut text = v.to_string();
-    if text.len() > 60 {
-        text.truncate(57);
-        text.push_str("...");
-    }
-    format!("{} {text}", kind(v))
+    // Without the file the key is a string from a variable or the default,
+    // which cannot be refused.
+    from(file.as_ref())
+        .or_else(|| from(None))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -1466,5 +574,163 @@ mod tests {
         assert_eq!(c.runner.url, "http://x");
         assert!(c.source.is_none());
         assert!(load(&path, true, &env).is_err());
+    }
+
+    /// The rows of README.md's configuration table: (key, variables, default).
+    fn readme_rows() -> Vec<(String, Vec<String>, String)> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Configuration\n"))
+            .expect("README.md has a ## Configuration section");
+        let quoted = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                let key = quoted(cells[0]).concat();
+                (key, quoted(cells[1]), cells[2].to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_lists_exactly_the_keys_in_order() {
+        let rows = readme_rows();
+        let names: Vec<&str> = rows.iter().map(|(k, _, _)| k.as_str()).collect();
+        let keys: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+        assert_eq!(names, keys, "README.md's configuration table");
+        for ((name, vars, default), key) in rows.iter().zip(KEYS) {
+            assert_eq!(vars, key.vars, "README.md: the variables of {name}");
+            match key.default {
+                keys::Fallback::Text(t) => {
+                    assert_eq!(default, &format!("`{t}`"), "README.md: default of {name}")
+                }
+                keys::Fallback::Required => {
+                    assert_eq!(default, "required", "README.md: default of {name}")
+                }
+                keys::Fallback::Unset => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_has_every_key_and_nothing_else() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.json.example");
+        let (_, warnings) = load(&path, true, &|_| None).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let example: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        for key in KEYS {
+            let pointer = format!("/{}", key.name.replace('.', "/"));
+            assert!(
+                example.pointer(&pointer).is_some(),
+                "config.json.example lacks {}",
+                key.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_required_key_names_a_variable_and_names_are_unique() {
+        for (i, key) in KEYS.iter().enumerate() {
+            if matches!(key.default, keys::Fallback::Required) {
+                assert!(!key.vars.is_empty(), "{}", key.name);
+            }
+            assert!(
+                KEYS[i + 1..].iter().all(|k| k.name != key.name),
+                "{} twice",
+                key.name
+            );
+        }
+    }
+
+    #[test]
+    fn state_directory_has_the_precedence_of_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let none = |_: &str| None;
+        let set = |k: &str| (k == "FLOMATION_RUNNER_STATE_DIRECTORY").then(|| "/env".to_string());
+        let blank = |k: &str| (k == "FLOMATION_RUNNER_STATE_DIRECTORY").then(|| " ".to_string());
+        assert_eq!(state_directory(&path, &none), PathBuf::from("./"));
+        std::fs::write(&path, r#"{"execution":{"state_directory":"/file"}}"#).unwrap();
+        assert_eq!(state_directory(&path, &none), PathBuf::from("/file"));
+        assert_eq!(state_directory(&path, &blank), PathBuf::from("/file"));
+        assert_eq!(state_directory(&path, &set), PathBuf::from("/env"));
+        std::fs::write(&path, r#"{"execution":{"state_directory":""}}"#).unwrap();
+        assert_eq!(state_directory(&path, &none), PathBuf::from("./"));
+        // A broken file: health still answers, with the default or the variable.
+        std::fs::write(&path, r#"{"execution":{"state_directory":7}}"#).unwrap();
+        assert_eq!(state_directory(&path, &none), PathBuf::from("./"));
+        std::fs::write(&path, "{nope").unwrap();
+        assert_eq!(state_directory(&path, &none), PathBuf::from("./"));
+        assert_eq!(state_directory(&path, &set), PathBuf::from("/env"));
+    }
+
+    #[test]
+    fn tls_paths_are_none_when_unset_or_empty() {
+        let (c, _) = load_with(MIN, &[]).unwrap();
+        assert!(c.tls.ca_cert.is_none() && c.tls.cert.is_none() && c.tls.key.is_none());
+        assert_eq!(c.executor_api_url(), "http://api");
+        let json = r#"{"runner":{"url":"http://a","registration_code":"c"},
+            "tls":{"enabled":true,"ca_cert":"","cert":"c.pem","key":"k.pem","api_url":"https://m/"}}"#;
+        let (c, _) = load_with(json, &[("MTLS_CA_CERT", "ca.pem")]).unwrap();
+        assert_eq!(c.tls.ca_cert, Some(PathBuf::from("ca.pem")));
+        assert_eq!(c.tls.cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(c.tls.key, Some(PathBuf::from("k.pem")));
+        // As given: executors are told exactly this.
+        assert_eq!(c.executor_api_url(), "https://m/");
+        let e = load_with(MIN, &[("MTLS_ENABLED", "1"), ("MTLS_API_URL", "m:1")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("environment: MTLS_API_URL: \"m:1\""), "{e}");
+        let (c, _) = load_with(MIN, &[("MTLS_API_URL", "m:1")]).unwrap();
+        assert_eq!(c.executor_api_url(), "http://api");
+    }
+
+    #[test]
+    fn a_bad_group_is_named_even_where_a_variable_sets_its_keys() {
+        let e = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c","registration_retry":5}}"#,
+            &[("FLOMATION_RUNNER_REGISTRATION_RETRY_STRATEGY", "none")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(
+                "config.json: runner.registration_retry: expected an object, found a number"
+            ),
+            "{e}"
+        );
+        let e = load_with(r#"{"runner":5}"#, &[]).unwrap_err().to_string();
+        assert!(e.contains("config.json: runner: expected an object"), "{e}");
+        let (_, w) = load_with(
+            r#"{"runner":{"url":"http://a","registration_code":"c","registration_retry":{"jitter":1}},"tls":null}"#,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            w.len() == 1 && w[0].contains("runner.registration_retry.jitter"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn long_values_in_errors_are_cut_on_a_character_boundary() {
+        let name = "é".repeat(40);
+        let json = format!(
+            r#"{{"runner":{{"url":"http://a","registration_code":"c","checkin_timeout":"{name}"}}}}"#
+        );
+        let e = load_with(&json, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("runner.checkin_timeout") && e.ends_with("..."),
+            "{e}"
+        );
     }
 }

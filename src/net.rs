@@ -113,12 +113,12 @@ fn client_config(config: &Config) -> Result<Arc<rustls::ClientConfig>, NetError>
     if !is_plain_http(&config.runner.url) {
         add_system_roots(&mut roots);
     }
-    if !tls.ca_cert.is_empty() {
-        let certs = read_certs("tls.ca_cert", &tls.ca_cert)?;
+    if let Some(ca_cert) = &tls.ca_cert {
+        let certs = read_certs("tls.ca_cert", ca_cert)?;
         for cert in certs {
             roots.add(cert).map_err(|e| NetError::File {
                 key: "tls.ca_cert",
-                path: tls.ca_cert.clone(),
+                path: ca_cert.display().to_string(),
                 why: e.to_string(),
             })?;
         }
@@ -129,19 +129,23 @@ fn client_config(config: &Config) -> Result<Arc<rustls::ClientConfig>, NetError>
     .with_safe_default_protocol_versions()
     .map_err(|e| NetError::Tls(e.to_string()))?
     .with_root_certificates(roots);
-    let config = if tls.enabled && !tls.cert.is_empty() && !tls.key.is_empty() {
-        let certs = read_certs("tls.cert", &tls.cert)?;
-        let key =
-            PrivateKeyDer::from_pem_file(Path::new(&tls.key)).map_err(|e| NetError::File {
-                key: "tls.key",
-                path: tls.key.clone(),
-                why: format!("not a PEM private key ({e})"),
-            })?;
+    let client_cert = tls
+        .cert
+        .as_ref()
+        .zip(tls.key.as_ref())
+        .filter(|_| tls.enabled);
+    let config = if let Some((cert_path, key_path)) = client_cert {
+        let certs = read_certs("tls.cert", cert_path)?;
+        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| NetError::File {
+            key: "tls.key",
+            path: key_path.display().to_string(),
+            why: format!("not a PEM private key ({e})"),
+        })?;
         builder
             .with_client_auth_cert(certs, key)
             .map_err(|e| NetError::File {
                 key: "tls.cert",
-                path: tls.cert.clone(),
+                path: cert_path.display().to_string(),
                 why: format!("does not go with tls.key ({e})"),
             })?
     } else {
@@ -153,13 +157,13 @@ fn client_config(config: &Config) -> Result<Arc<rustls::ClientConfig>, NetError>
     Ok(Arc::new(config))
 }
 
-fn read_certs(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'static>>, NetError> {
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
     let fail = |why: String| NetError::File {
         key,
-        path: path.to_string(),
+        path: path.display().to_string(),
         why,
     };
-    let certs = CertificateDer::pem_file_iter(Path::new(path))
+    let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| fail(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(format!("not PEM certificates ({e})")))?;

@@ -244,9 +244,14 @@ fn context(config: &Config, runner_id: &RunnerIdentifier, job: &Job) -> Value {
     });
     if config.tls.enabled {
         if let Value::Object(m) = &mut ctx {
-            m.insert("tls_ca_cert".into(), json!(config.tls.ca_cert));
-            m.insert("tls_cert".into(), json!(config.tls.cert));
-            m.insert("tls_key".into(), json!(config.tls.key));
+            // Strings, "" when unset (PROTOCOL.md, context.json).
+            let text = |p: &Option<PathBuf>| {
+                p.as_deref()
+                    .map_or(String::new(), |p| p.display().to_string())
+            };
+            m.insert("tls_ca_cert".into(), json!(text(&config.tls.ca_cert)));
+            m.insert("tls_cert".into(), json!(text(&config.tls.cert)));
+            m.insert("tls_key".into(), json!(text(&config.tls.key)));
         }
     }
     ctx
