@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-// The runner's ureq 3; `ureq` in Cargo.toml is still the ureq 2 of the dev
-// server and the tests until they move.
 use ureq::http::Response;
 use ureq::Body;
+
+// The runner's ureq 3; `ureq` in Cargo.toml is still the ureq 2 of the dev
+// server and the tests until they move.
 use ureq3 as ureq;
 
 use crate::identity::Identity;

@@ -19,9 +19,10 @@ use std::path::Path;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+
 // The runner's ureq 3; `ureq` in Cargo.toml is still the ureq 2 of the dev
 // server and the tests until they move.
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 use ureq3 as ureq;
 
 use crate::config::Config;
@@ -111,25 +112,22 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The system's CA store, or the Mozilla roots when it has none. As
-/// certificates rather than trust anchors, because that is what ureq takes.
+/// The system's CA store, or the Mozilla roots when it has none that can be
+/// a trust anchor. As certificates, because that is what ureq takes (and
+/// keeps, for as long as the agent lives).
 fn system_roots() -> Vec<Certificate<'static>> {
-    let found = rustls_native_certs::load_native_certs();
-    // Only the ones that can be trust anchors, as rustls would keep them.
-    let mut usable = RootCertStore::empty();
-    let kept: Vec<_> = found
-        .certs
-        .into_iter()
-        .filter(|c| usable.add(c.clone()).is_ok())
-        .collect();
-    let certs: &[CertificateDer<'_>] = if kept.is_empty() {
-        webpki_root_certs::TLS_SERVER_ROOT_CERTS
-    } else {
-        &kept
-    };
-    certs
+    let found = rustls_native_certs::load_native_certs().certs;
+    let (usable, _) = RootCertStore::empty().add_parsable_certificates(found.iter().cloned());
+    if usable == 0 {
+        // Static data: borrowed, not copied.
+        return webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|c| Certificate::from_der(c))
+            .collect();
+    }
+    found
         .iter()
-        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .map(|c| Certificate::from_der(c).to_owned())
         .collect()
 }
 
@@ -156,7 +154,7 @@ fn tls_config(config: &Config) -> Result<TlsConfig, NetError> {
             check
                 .add(cert.clone())
                 .map_err(|e| fail(FileProblem::BadCertificate(e)))?;
-            roots.push(Certificate::from_der(cert.as_ref()).to_owned());
+            roots.push(Certificate::from_der(&cert).to_owned());
         }
     }
     let client_cert = if tls.enabled && !tls.cert.is_empty() && !tls.key.is_empty() {
@@ -195,7 +193,7 @@ fn client_cert(cert_path: &str, key_path: &str) -> Result<ClientCert, NetError> 
         PrivateKey::from_pem(&pem).map_err(|e| key_error(FileProblem::Unsupported(e)))?;
     let chain: Vec<_> = certs
         .iter()
-        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .map(|c| Certificate::from_der(c).to_owned())
         .collect();
     rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
         .map_err(|e| file_error("tls.cert", cert_path)(FileProblem::KeyMismatch(e)))?;
@@ -223,7 +221,7 @@ fn get_either_case(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(
 
 /// The proxy variable that applies to `url`, as (variable, value):
 /// `HTTPS_PROXY` for an `https://` API, `HTTP_PROXY` for another, then
-/// `ALL_PROXY`. `NO_PROXY` is not looked at here (see [`bypassed`]).
+/// `ALL_PROXY`. `NO_PROXY` is not looked at here (see [`exempts`]).
 fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
     let (scheme, _) = url.split_once("://")?;
     match scheme {
@@ -234,7 +232,8 @@ fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(String,
 }
 
 /// The proxy for requests to `url` and its URL for the log (credentials
-/// masked); `None` when no variable names one, or `NO_PROXY` exempts `url`.
+/// masked); `None` when no variable names one, or `NO_PROXY` exempts `url`
+/// (then the proxy's URL is not looked at, as it is never used).
 fn choose_proxy(
     url: &str,
     env: &dyn Fn(&str) -> Option<String>,
@@ -242,39 +241,31 @@ fn choose_proxy(
     let Some((var, value)) = proxy_for(url, env) else {
         return Ok(None);
     };
-    let no_proxy = get_either_case("NO_PROXY", env).map(|(_, v)| v);
-    let proxy = build_proxy(&value, no_proxy.as_deref()).map_err(|source| NetError::Proxy {
-        var: var.clone(),
+    if get_either_case("NO_PROXY", env).is_some_and(|(_, list)| exempts(&list, url)) {
+        return Ok(None);
+    }
+    let proxy = ureq::Proxy::new(&value).map_err(|source| NetError::Proxy {
+        var,
         value: value.clone(),
         source,
     })?;
-    if bypassed(&proxy, url) {
-        return Ok(None);
-    }
     Ok(Some((proxy, redact(&value))))
 }
 
-/// The proxy at `url` with the `NO_PROXY` list for ureq to match.
-fn build_proxy(url: &str, no_proxy: Option<&str>) -> Result<ureq::Proxy, ureq::Error> {
-    let parsed = ureq::Proxy::new(url)?;
-    let Some(no_proxy) = no_proxy else {
-        return Ok(parsed);
+/// Whether the `NO_PROXY` list exempts `url`, by ureq's matching. ureq
+/// matches a list only as part of a proxy (`ProxyBuilder::no_proxy`,
+/// `Proxy::is_no_proxy`): the proxy here is a stand-in, never connected to.
+fn exempts(no_proxy: &str, url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
     };
-    // Only the builder takes a NO_PROXY list: the parsed proxy, rebuilt.
-    let mut builder = ureq::Proxy::builder(parsed.protocol())
-        .host(parsed.host())
-        .port(parsed.port())
-        .resolve_target(parsed.resolve_target());
-    if let Some(user) = parsed.username() {
-        builder = builder.username(user);
-    }
-    if let Some(password) = parsed.password() {
-        builder = builder.password(password);
-    }
-    for pattern in no_proxy_patterns(no_proxy) {
-        builder = builder.no_proxy(&pattern);
-    }
-    builder.build()
+    no_proxy_patterns(no_proxy)
+        .iter()
+        .fold(ureq::Proxy::builder(ureq::ProxyProtocol::Http), |b, p| {
+            b.no_proxy(p)
+        })
+        .build()
+        .is_ok_and(|matcher| matcher.is_no_proxy(&uri))
 }
 
 /// The README's `NO_PROXY` in ureq's patterns. The README promises what the
@@ -309,12 +300,6 @@ fn no_proxy_patterns(no_proxy: &str) -> Vec<String> {
         }
     }
     patterns
-}
-
-/// Whether `proxy`'s `NO_PROXY` list names the host of `url`.
-fn bypassed(proxy: &ureq::Proxy, url: &str) -> bool {
-    url.parse::<ureq::http::Uri>()
-        .is_ok_and(|uri| proxy.is_no_proxy(&uri))
 }
 
 /// A proxy URL without its credentials, for logs.
@@ -414,11 +399,11 @@ mod tests {
     }
 
     #[test]
-    fn proxy_credentials_survive_the_no_proxy_rebuild() {
-        let proxy =
-            build_proxy("http://us%40er:p%3Ass@proxy:3128", Some("localhost")).expect("a proxy");
-        assert_eq!(proxy.username(), Some("us@er"));
-        assert_eq!(proxy.password(), Some("p:ss"));
-        assert_eq!((proxy.host(), proxy.port()), ("proxy", 3128));
+    fn a_proxy_that_no_proxy_exempts_is_not_parsed() {
+        let env = with(&[
+            ("HTTPS_PROXY", "ftp://proxy:21"),
+            ("NO_PROXY", "api.flomation.app"),
+        ]);
+        assert!(chosen("https://api.flomation.app", &env).is_none());
     }
 }
