@@ -329,7 +329,7 @@ struct DevServer {
     child: Child,
     _stdout: BufReader<ChildStdout>,
     url: String,
-    agent: ureq::Agent,
+    agent: ureq2::Agent,
     /// Server clock minus bench clock, ms (see `calibrate`).
     offset: f64,
     offset_uncertainty: f64,
@@ -371,7 +371,7 @@ impl DevServer {
             child,
             _stdout: stdout,
             url,
-            agent: ureq::AgentBuilder::new()
+            agent: ureq2::AgentBuilder::new()
                 .timeout(Duration::from_secs(60))
                 .build(),
             offset: 0.0,

@@ -13,6 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
+use ureq::http::Response;
+use ureq::Body;
+
+// The runner's ureq 3; `ureq` in Cargo.toml is still the ureq 2 of the dev
+// server and the tests until they move.
 
 use crate::identity::Identity;
 use crate::ids::ExecutionId;
@@ -30,8 +35,21 @@ const MAX_SMALL_BODY: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{0}")]
-    Transport(String),
+    /// No answer: the connection, TLS, a timeout. The message says what an
+    /// operator can do about the common TLS failures.
+    #[error("{url}: {source}{}", tls_hint(.source))]
+    Transport {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
+    /// The answer's body could not be read to its end.
+    #[error("reading the {route} answer: {source}")]
+    ReadBody {
+        route: &'static str,
+        #[source]
+        source: ureq::Error,
+    },
     #[error("HTTP {code}{}", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
     Status { code: u16, body: String },
     #[error("unreadable answer: {0}")]
@@ -57,7 +75,7 @@ impl ApiError {
     /// for calls with side effects.
     pub fn outcome_unknown(&self) -> bool {
         match self {
-            ApiError::Transport(_) => true,
+            ApiError::Transport { .. } | ApiError::ReadBody { .. } => true,
             ApiError::Status { code, .. } => *code >= 500 || *code == 408 || *code == 429,
             ApiError::Decode(_) | ApiError::Sign(_) | ApiError::RouteMissing(_) => false,
         }
@@ -174,19 +192,24 @@ pub struct Api {
 const CLAIM_BODY: &[u8] = br#"{"state":"running"}"#;
 
 fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
-    let mut builder = ureq::AgentBuilder::new()
-        .timeout(timeout)
-        .timeout_connect(Duration::from_secs(10))
-        .user_agent(&format!("flo-runner/{}", env!("CARGO_PKG_VERSION")))
-        .redirects(0)
+    let config = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .user_agent(format!("flo-runner/{}", env!("CARGO_PKG_VERSION")))
+        .max_redirects(0)
+        // Every answer comes back as a response (see `finish`), so that a
+        // non-2xx one keeps its body's reason.
+        .http_status_as_error(false)
         // Keep connections to the API alive for every worker at once (the
-        // default keeps one), so a busy runner does not reconnect per call.
+        // default keeps three), so a busy runner does not reconnect per call.
+        .max_idle_connections(64)
         .max_idle_connections_per_host(64)
-        .tls_config(net.tls.clone());
-    if let Some(proxy) = &net.proxy {
-        builder = builder.proxy(proxy.clone());
-    }
-    builder.build()
+        .tls_config(net.tls.clone())
+        // Set even when `None`: ureq would otherwise read the proxy
+        // variables itself, by its own precedence (see `net`).
+        .proxy(net.proxy.clone())
+        .build();
+    ureq::Agent::new_with_config(config)
 }
 
 /// What `check` learns about an API without registering or taking work. Its
@@ -217,7 +240,7 @@ pub fn probe(base_url: &str, identifier: &str, net: &Net) -> Result<Probe, ApiEr
     let agent = agent(CALL_TIMEOUT, net);
     // Ok(status) for a 2xx, Err(the status error) for another answer; no
     // answer at all is the probe's error.
-    let answer = |result| match finish(result) {
+    let answer = |url: &str, result| match finish(url, result) {
         Ok(resp) => Ok(Ok(drain(resp))),
         Err(e @ ApiError::Status { .. }) => Ok(Err(e)),
         Err(e) => Err(e),
@@ -236,10 +259,11 @@ pub fn probe(base_url: &str, identifier: &str, net: &Net) -> Result<Probe, ApiEr
     })
     .map_err(|e| ApiError::Decode(e.to_string()))?;
     let post = answer(
+        &poll_url,
         agent
             .post(&poll_url)
-            .set("Content-Type", "application/json")
-            .send_bytes(&body),
+            .header("Content-Type", "application/json")
+            .send(&body[..]),
     )?;
     let mut probe = Probe {
         generation: exists(&post).then_some(Generation::Current),
@@ -250,7 +274,7 @@ pub fn probe(base_url: &str, identifier: &str, net: &Net) -> Result<Probe, ApiEr
     };
     // A GET only where the POST form is not there: never to a current API.
     if wrong_form(&post) {
-        let get = answer(agent.get(&poll_url).call())?;
+        let get = answer(&poll_url, agent.get(&poll_url).call())?;
         probe.get = Some(code(&get));
         if exists(&get) {
             probe.generation = Some(Generation::March2026);
@@ -260,18 +284,17 @@ pub fn probe(base_url: &str, identifier: &str, net: &Net) -> Result<Probe, ApiEr
         return Ok(probe);
     };
     let missing = |a: &Result<u16, ApiError>| a.as_ref().is_err_and(|e| e.is_no_route(generation));
+    let logs_url = format!("{base}{}", paths::logs(PROBE_EXECUTION));
     let logs = answer(
+        &logs_url,
         agent
-            .post(&format!("{base}{}", paths::logs(PROBE_EXECUTION)))
-            .set("Content-Type", "application/json")
-            .send_bytes(br#"{"lines":["flo-runner check"]}"#),
+            .post(&logs_url)
+            .header("Content-Type", "application/json")
+            .send(br#"{"lines":["flo-runner check"]}"#),
     )?;
     probe.logs = !missing(&logs);
-    let status = answer(
-        agent
-            .get(&format!("{base}{}", paths::status(PROBE_EXECUTION)))
-            .call(),
-    )?;
+    let status_url = format!("{base}{}", paths::status(PROBE_EXECUTION));
+    let status = answer(&status_url, agent.get(&status_url).call())?;
     probe.status = !missing(&status);
     Ok(probe)
 }
@@ -371,12 +394,13 @@ impl Api {
     /// `POST /api/v1/runner`, unsigned. Returns the 2xx status.
     pub fn register(&self, body: &protocol::RegistrationRequest) -> Result<u16, ApiError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        let url = self.url(paths::REGISTER);
         let req = self
             .agent
-            .post(&self.url(paths::REGISTER))
-            .set("Content-Type", "application/json");
+            .post(&url)
+            .header("Content-Type", "application/json");
         let started = Instant::now();
-        let resp = timed("register", started, req.send_bytes(&bytes))?;
+        let resp = timed("register", &url, started, req.send(&bytes[..]))?;
         Ok(drain(resp))
     }
 
@@ -427,18 +451,27 @@ impl Api {
         // Read whole (up to the cap) and parsed into the typed answer, whose
         // flow definition and trigger data stay raw bytes: memory is about
         // the answer's size, never a tree of it.
-        let mut body = Vec::new();
-        let mut reader = resp.into_reader().take(MAX_POLL_BODY + 1);
-        if let Err(e) = reader.read_to_end(&mut body) {
-            return Err(ApiError::Transport(format!("reading the poll answer: {e}")));
-        }
-        if body.len() as u64 > MAX_POLL_BODY {
+        let read = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_POLL_BODY)
+            .read_to_vec();
+        let body = match read {
+            Ok(body) => body,
             // Not read to the end: the connection is dropped, not reused.
-            return Ok(PollAnswer::Malformed {
-                execution_id: None,
-                why: format!("the answer is over {MAX_POLL_BODY} bytes"),
-            });
-        }
+            Err(ureq::Error::BodyExceedsLimit(_)) => {
+                return Ok(PollAnswer::Malformed {
+                    execution_id: None,
+                    why: format!("the answer is over {MAX_POLL_BODY} bytes"),
+                })
+            }
+            Err(source) => {
+                return Err(ApiError::ReadBody {
+                    route: "poll",
+                    source,
+                })
+            }
+        };
         match serde_json::from_slice::<PendingExecution>(&body) {
             Ok(p) => Ok(PollAnswer::Work(Box::new(p))),
             Err(e) => Ok(PollAnswer::Malformed {
@@ -449,16 +482,17 @@ impl Api {
     }
 
     /// One poll in `generation`'s form.
-    fn poll_as(&self, generation: Generation) -> Result<ureq::Response, ApiError> {
+    fn poll_as(&self, generation: Generation) -> Result<Response<Body>, ApiError> {
         let path = paths::poll(self.identity.identifier.as_str());
         if generation == Generation::March2026 {
             // That generation signs every request over its body: here none.
             let signature = self.identity.signer.sign_hex(b"")?;
+            let url = self.url(&path);
             let req = self
                 .poll_agent
-                .get(&self.url(&path))
-                .set(SIGNATURE_HEADER, &signature);
-            return timed("poll", Instant::now(), req.call());
+                .get(&url)
+                .header(SIGNATURE_HEADER, &signature);
+            return timed("poll", &url, Instant::now(), req.call());
         }
         let body = protocol::PollRequest {
             requested_at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
@@ -533,14 +567,17 @@ impl Api {
             _ => id.as_str().as_bytes(),
         };
         let signature = self.identity.signer.sign_hex(message)?;
+        let url = self.url(&paths::status(id.as_str()));
         let req = self
             .agent
-            .get(&self.url(&paths::status(id.as_str())))
-            .timeout(timeout)
-            .set(SIGNATURE_HEADER, &signature);
+            .get(&url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header(SIGNATURE_HEADER, &signature);
         let started = Instant::now();
-        let resp =
-            timed("status", started, req.call()).map_err(|e| self.note_missing("status", e))?;
+        let resp = timed("status", &url, started, req.call())
+            .map_err(|e| self.note_missing("status", e))?;
         read_json(resp)
     }
 
@@ -561,7 +598,7 @@ impl Api {
         agent: &ureq::Agent,
         path: &str,
         body: &[u8],
-    ) -> Result<ureq::Response, ApiError> {
+    ) -> Result<Response<Body>, ApiError> {
         let signature = self.identity.signer.sign_hex(body)?;
         self.post(route, agent, path, body, &signature)
     }
@@ -573,13 +610,14 @@ impl Api {
         path: &str,
         body: &[u8],
         signature: &str,
-    ) -> Result<ureq::Response, ApiError> {
+    ) -> Result<Response<Body>, ApiError> {
+        let url = self.url(path);
         let req = agent
-            .post(&self.url(path))
-            .set("Content-Type", "application/json")
-            .set(SIGNATURE_HEADER, signature);
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header(SIGNATURE_HEADER, signature);
         let started = Instant::now();
-        timed(route, started, req.send_bytes(body))
+        timed(route, &url, started, req.send(body))
     }
 }
 
@@ -602,49 +640,66 @@ fn execution_id_of(body: &[u8]) -> Option<String> {
 /// Runs one request, recording its route, status and latency in the metrics.
 fn timed(
     route: &'static str,
+    url: &str,
     started: Instant,
-    result: Result<ureq::Response, ureq::Error>,
-) -> Result<ureq::Response, ApiError> {
-    let result = finish(result);
-    let status = match &result {
-        Ok(resp) => Some(resp.status()),
-        Err(e) => e.status(),
-    };
+    result: Result<Response<Body>, ureq::Error>,
+) -> Result<Response<Body>, ApiError> {
+    let status = result.as_ref().ok().map(|resp| resp.status().as_u16());
     crate::metrics::global().api_request(route, status, started.elapsed());
-    result
+    finish(url, result)
 }
 
 /// Maps ureq's result: non-2xx answers become `ApiError::Status` with a short
 /// excerpt of the body (servers put the reason there).
-fn finish(result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, ApiError> {
+fn finish(
+    url: &str,
+    result: Result<Response<Body>, ureq::Error>,
+) -> Result<Response<Body>, ApiError> {
     match result {
-        Ok(resp) if (200..300).contains(&resp.status()) => Ok(resp),
+        Ok(resp) if resp.status().is_success() => Ok(resp),
         Ok(resp) => Err(status_error(resp)),
-        Err(ureq::Error::Status(_, resp)) => Err(status_error(resp)),
-        Err(ureq::Error::Transport(t)) => Err(ApiError::Transport(with_hint(t.to_string()))),
+        Err(source) => Err(ApiError::Transport {
+            url: url.to_string(),
+            source,
+        }),
     }
 }
 
-/// Adds what an operator can do about the common TLS failures.
-fn with_hint(message: String) -> String {
-    let hint = if message.contains("UnknownIssuer") || message.contains("UnknownCA") {
-        "; the API's certificate is not signed by a trusted CA: add its CA with tls.ca_cert"
-    } else if message.contains("CertificateRequired") {
-        "; the API requires a client certificate: set tls.enabled, tls.cert and tls.key"
-    } else if message.contains("NotValidForName") {
-        "; the API's certificate does not name this host: check runner.url"
-    } else if message.contains("certificate") && message.contains("Expired") {
-        "; the API's certificate has expired"
-    } else {
-        ""
+/// What an operator can do about the common TLS failures, from the rustls
+/// error under `e`; empty for anything else.
+fn tls_hint(e: &ureq::Error) -> &'static str {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as Tls};
+    let tls = match e {
+        ureq::Error::Rustls(tls) => Some(tls),
+        // The handshake runs through an io::Error that carries rustls's.
+        ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<Tls>()),
+        _ => None,
     };
-    format!("{message}{hint}")
+    match tls {
+        Some(
+            Tls::InvalidCertificate(Cert::UnknownIssuer) | Tls::AlertReceived(Alert::UnknownCA),
+        ) => "; the API's certificate is not signed by a trusted CA: add its CA with tls.ca_cert",
+        Some(Tls::AlertReceived(Alert::CertificateRequired)) => {
+            "; the API requires a client certificate: set tls.enabled, tls.cert and tls.key"
+        }
+        Some(Tls::InvalidCertificate(
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+        )) => "; the API's certificate does not name this host: check runner.url",
+        Some(Tls::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. })) => {
+            "; the API's certificate has expired"
+        }
+        _ => "",
+    }
 }
 
-fn status_error(resp: ureq::Response) -> ApiError {
-    let code = resp.status();
+fn status_error(resp: Response<Body>) -> ApiError {
+    let code = resp.status().as_u16();
     let mut excerpt = Vec::new();
-    let _ = resp.into_reader().take(300).read_to_end(&mut excerpt);
+    let _ = resp
+        .into_body()
+        .into_reader()
+        .take(300)
+        .read_to_end(&mut excerpt);
     let body = String::from_utf8_lossy(&excerpt)
         .chars()
         .filter(|c| !c.is_control())
@@ -656,8 +711,9 @@ fn status_error(resp: ureq::Response) -> ApiError {
     }
 }
 
-fn read_json<T: DeserializeOwned>(resp: ureq::Response) -> Result<T, ApiError> {
-    let mut reader = BufReader::new(resp.into_reader().take(MAX_SMALL_BODY));
+fn read_json<T: DeserializeOwned>(resp: Response<Body>) -> Result<T, ApiError> {
+    let body = resp.into_body().into_with_config().limit(MAX_SMALL_BODY);
+    let mut reader = BufReader::new(body.reader());
     let parsed = serde_json::from_reader(&mut reader);
     let _ = std::io::copy(&mut reader, &mut std::io::sink());
     parsed.map_err(|e| ApiError::Decode(e.to_string()))
@@ -666,12 +722,10 @@ fn read_json<T: DeserializeOwned>(resp: ureq::Response) -> Result<T, ApiError> {
 /// Reads and discards a (small) answer we do not need, so that ureq can put
 /// the connection back in its pool: a response dropped unread closes the
 /// connection, and every call would then pay a new TCP (and TLS) handshake.
-fn drain(resp: ureq::Response) -> u16 {
-    let status = resp.status();
-    let _ = std::io::copy(
-        &mut resp.into_reader().take(MAX_SMALL_BODY),
-        &mut std::io::sink(),
-    );
+fn drain(resp: Response<Body>) -> u16 {
+    let status = resp.status().as_u16();
+    let body = resp.into_body().into_with_config().limit(MAX_SMALL_BODY);
+    let _ = std::io::copy(&mut body.reader(), &mut std::io::sink());
     status
 }
 
@@ -694,7 +748,12 @@ mod tests {
         // The older generation has no such routes: any 404 is that.
         assert!(e(404, r#"{"error":"x"}"#).is_no_route(Generation::March2026));
         assert!(!e(403, "404 page not found").is_no_route(Generation::March2026));
-        assert!(!ApiError::Transport("reset".into()).is_no_route(Generation::March2026));
+        let reset = ApiError::Transport {
+            url: "http://api/x".into(),
+            source: ureq::Error::ConnectionFailed,
+        };
+        assert!(!reset.is_no_route(Generation::March2026));
+        assert!(reset.outcome_unknown());
         assert!(!ApiError::RouteMissing("logs").outcome_unknown());
         for g in Generation::ALL {
             assert_eq!(Generation::from_u8(g.to_u8()), g);

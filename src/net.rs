@@ -6,42 +6,69 @@
 //! - Client certificate: `tls.cert`/`tls.key` when `tls.enabled` (the Go
 //!   runner only passed them to the executor; we also use them ourselves).
 //! - Proxy: `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` (either case), unless
-//!   `NO_PROXY` names the API host. ureq reads the proxy variables but not
-//!   `NO_PROXY`; since every request goes to the one API host, deciding once
-//!   here is exact.
+//!   `NO_PROXY` names the API host. Which variable applies is decided here
+//!   (ureq's own `Proxy::try_from_env` prefers `ALL_PROXY` and ignores the
+//!   API's scheme); whether `NO_PROXY` names the host is ureq's matching.
+//!   Every request goes to the one API host, so deciding once is exact.
+//!
+//! Every file is read and checked here, so that a bad one is an error at
+//! start-up that names its key, not a failed handshake later.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
 use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{key}: cannot use {path}: {why}")]
+    #[error("{key}: cannot use {path}: {problem}")]
     File {
         key: &'static str,
         path: String,
-        why: String,
+        #[source]
+        problem: FileProblem,
     },
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
-    #[error("{var}: {value:?} is not a usable proxy: {why}")]
+    #[error("{var}: {value:?} is not a usable proxy: {source}")]
     Proxy {
         var: String,
         value: String,
-        why: String,
+        #[source]
+        source: ureq::Error,
     },
+}
+
+/// What is wrong with a certificate or key file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileProblem {
+    /// Not readable at all (missing, a directory, no permission).
+    #[error("{0}")]
+    Read(#[source] pem::Error),
+    #[error("not PEM certificates ({0})")]
+    NotCertificates(#[source] pem::Error),
+    #[error("no PEM certificate in it")]
+    NoCertificate,
+    /// PEM, but not a certificate that can be a trust anchor.
+    #[error("{0}")]
+    BadCertificate(#[source] rustls::Error),
+    #[error("not a PEM private key ({0})")]
+    NotKey(#[source] pem::Error),
+    /// A key rustls reads but ureq does not (not seen in practice: both use
+    /// the same PEM parser).
+    #[error("not a PEM private key ({0})")]
+    Unsupported(#[source] ureq::Error),
+    #[error("does not go with tls.key ({0})")]
+    KeyMismatch(#[source] rustls::Error),
 }
 
 /// Network settings shared by every agent.
 #[derive(Clone)]
 pub struct Net {
-    pub tls: Arc<rustls::ClientConfig>,
-    pub proxy: Option<ureq::Proxy>,
+    pub(crate) tls: TlsConfig,
+    pub(crate) proxy: Option<ureq::Proxy>,
     /// For the log: which proxy, if any.
     pub proxy_url: Option<String>,
 }
@@ -51,53 +78,53 @@ impl Net {
         config: &Config,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, NetError> {
-        let tls = client_config(config)?;
-        let proxy_url = proxy_for(&config.runner.url, env);
-        let proxy = match &proxy_url {
-            None => None,
-            Some((var, value)) => Some(ureq::Proxy::new(value).map_err(|e| NetError::Proxy {
-                var: var.clone(),
-                value: value.clone(),
-                why: e.to_string(),
-            })?),
-        };
+        install_crypto_provider();
+        let tls = tls_config(config)?;
+        let (proxy, proxy_url) = choose_proxy(&config.runner.url, env)?.unzip();
         Ok(Self {
             tls,
             proxy,
-            proxy_url: proxy_url.map(|(_, v)| redact(&v)),
+            proxy_url,
         })
     }
 
     /// Plain defaults (system roots, no proxy), for tools and tests.
     pub fn system() -> Self {
-        let mut roots = RootCertStore::empty();
-        add_system_roots(&mut roots);
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-        let tls = match tls {
-            Ok(t) => t,
-            // The ring provider supports the default versions; unreachable in practice.
-            Err(_) => rustls::ClientConfig::builder()
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth(),
-        };
+        install_crypto_provider();
         Self {
-            tls: Arc::new(tls),
+            tls: TlsConfig::builder()
+                .root_certs(system_roots().into())
+                .build(),
             proxy: None,
             proxy_url: None,
         }
     }
 }
 
-fn add_system_roots(roots: &mut RootCertStore) {
-    let found = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// ureq is built without a crypto provider of its own (`rustls-no-provider`
+/// in Cargo.toml) and takes the process default: ring, the provider the
+/// rest of the runner is built with. Installing it twice is harmless.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The system's CA store, or the Mozilla roots when it has none that can be
+/// a trust anchor. As certificates, because that is what ureq takes (and
+/// keeps, for as long as the agent lives).
+fn system_roots() -> Vec<Certificate<'static>> {
+    let found = rustls_native_certs::load_native_certs().certs;
+    let (usable, _) = RootCertStore::empty().add_parsable_certificates(found.iter().cloned());
+    if usable == 0 {
+        // Static data: borrowed, not copied.
+        return webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .map(|c| Certificate::from_der(c))
+            .collect();
     }
+    found
+        .iter()
+        .map(|c| Certificate::from_der(c).to_owned())
+        .collect()
 }
 
 fn is_plain_http(url: &str) -> bool {
@@ -105,93 +132,175 @@ fn is_plain_http(url: &str) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
 }
 
-fn client_config(config: &Config) -> Result<Arc<rustls::ClientConfig>, NetError> {
+fn tls_config(config: &Config) -> Result<TlsConfig, NetError> {
     let tls = &config.tls;
-    let mut roots = RootCertStore::empty();
     // Reading the system store (every file in /etc/ssl/certs) is a few ms of
     // start-up that a plain-HTTP API never uses.
-    if !is_plain_http(&config.runner.url) {
-        add_system_roots(&mut roots);
-    }
+    let mut roots = if is_plain_http(&config.runner.url) {
+        Vec::new()
+    } else {
+        system_roots()
+    };
     if let Some(ca_cert) = &tls.ca_cert {
-        let certs = read_certs("tls.ca_cert", ca_cert)?;
-        for cert in certs {
-            roots.add(cert).map_err(|e| NetError::File {
-                key: "tls.ca_cert",
-                path: ca_cert.display().to_string(),
-                why: e.to_string(),
-            })?;
+        let fail = file_error("tls.ca_cert", ca_cert);
+        let mut check = RootCertStore::empty();
+        for cert in read_certs(ca_cert).map_err(&fail)? {
+            // ureq skips a root it cannot use; here it is an error that
+            // names the file.
+            check
+                .add(cert.clone())
+                .map_err(|e| fail(FileProblem::BadCertificate(e)))?;
+            roots.push(Certificate::from_der(&cert).to_owned());
         }
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| NetError::Tls(e.to_string()))?
-    .with_root_certificates(roots);
-    let client_cert = tls
+    let pair = tls
         .cert
         .as_ref()
         .zip(tls.key.as_ref())
         .filter(|_| tls.enabled);
-    let config = if let Some((cert_path, key_path)) = client_cert {
-        let certs = read_certs("tls.cert", cert_path)?;
-        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| NetError::File {
-            key: "tls.key",
-            path: key_path.display().to_string(),
-            why: format!("not a PEM private key ({e})"),
-        })?;
-        builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| NetError::File {
-                key: "tls.cert",
-                path: cert_path.display().to_string(),
-                why: format!("does not go with tls.key ({e})"),
-            })?
+    let client_cert = if let Some((cert, key)) = pair {
+        Some(client_cert(cert, key)?)
     } else {
         if tls.enabled {
             log::warn!("tls.enabled is true but tls.cert or tls.key is empty: no client certificate will be presented");
         }
-        builder.with_no_client_auth()
+        None
     };
-    Ok(Arc::new(config))
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::from(roots))
+        .client_cert(client_cert)
+        .build())
 }
 
-fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
-    let fail = |why: String| NetError::File {
+fn file_error<'a>(key: &'static str, path: &'a Path) -> impl Fn(FileProblem) -> NetError + 'a {
+    move |problem| NetError::File {
         key,
         path: path.display().to_string(),
-        why,
-    };
+        problem,
+    }
+}
+
+/// `tls.cert` and `tls.key`, checked to be a pair the way rustls checks them
+/// when it makes a client configuration.
+fn client_cert(cert_path: &Path, key_path: &Path) -> Result<ClientCert, NetError> {
+    let certs = read_certs(cert_path).map_err(file_error("tls.cert", cert_path))?;
+    let key_error = file_error("tls.key", key_path);
+    let pem =
+        std::fs::read(key_path).map_err(|e| key_error(FileProblem::NotKey(pem::Error::Io(e))))?;
+    // Parsed twice, from the same bytes: by rustls for the check below, and
+    // by ureq, whose key type cannot be made from rustls's.
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| key_error(FileProblem::NotKey(e)))?;
+    let ureq_key =
+        PrivateKey::from_pem(&pem).map_err(|e| key_error(FileProblem::Unsupported(e)))?;
+    let chain: Vec<_> = certs
+        .iter()
+        .map(|c| Certificate::from_der(c).to_owned())
+        .collect();
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| file_error("tls.cert", cert_path)(FileProblem::KeyMismatch(e)))?;
+    Ok(ClientCert::new_with_certs(&chain, ureq_key))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FileProblem> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(FileProblem::Read)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("not PEM certificates ({e})")))?;
+        .map_err(FileProblem::NotCertificates)?;
     if certs.is_empty() {
-        return Err(fail("no PEM certificate in it".into()));
+        return Err(FileProblem::NoCertificate);
     }
     Ok(certs)
 }
 
-/// The proxy to use for `url`, as (variable, value), honouring `NO_PROXY`.
-pub fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
-    let get = |name: &str| {
-        [name.to_string(), name.to_ascii_lowercase()]
-            .into_iter()
-            .find_map(|n| env(&n).filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
+/// `name` or its lower-case form, the first that is set and not blank, as
+/// (variable, value).
+fn get_either_case(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    [name.to_string(), name.to_ascii_lowercase()]
+        .into_iter()
+        .find_map(|n| env(&n).filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
+}
+
+/// The proxy variable that applies to `url`, as (variable, value):
+/// `HTTPS_PROXY` for an `https://` API, `HTTP_PROXY` for another, then
+/// `ALL_PROXY`. `NO_PROXY` is not looked at here (see [`exempts`]).
+fn proxy_for(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<(String, String)> {
+    let (scheme, _) = url.split_once("://")?;
+    match scheme {
+        "https" => get_either_case("HTTPS_PROXY", env),
+        _ => get_either_case("HTTP_PROXY", env),
+    }
+    .or_else(|| get_either_case("ALL_PROXY", env))
+}
+
+/// The proxy for requests to `url` and its URL for the log (credentials
+/// masked); `None` when no variable names one, or `NO_PROXY` exempts `url`
+/// (then the proxy's URL is not looked at, as it is never used).
+fn choose_proxy(
+    url: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(ureq::Proxy, String)>, NetError> {
+    let Some((var, value)) = proxy_for(url, env) else {
+        return Ok(None);
     };
-    let (scheme, rest) = url.split_once("://")?;
-    let host = host_of(rest);
-    if let Some((_, no_proxy)) = get("NO_PROXY") {
-        if bypass(&host, &no_proxy) {
-            return None;
+    if get_either_case("NO_PROXY", env).is_some_and(|(_, list)| exempts(&list, url)) {
+        return Ok(None);
+    }
+    let proxy = ureq::Proxy::new(&value).map_err(|source| NetError::Proxy {
+        var,
+        value: value.clone(),
+        source,
+    })?;
+    Ok(Some((proxy, redact(&value))))
+}
+
+/// Whether the `NO_PROXY` list exempts `url`, by ureq's matching. ureq
+/// matches a list only as part of a proxy (`ProxyBuilder::no_proxy`,
+/// `Proxy::is_no_proxy`): the proxy here is a stand-in, never connected to.
+fn exempts(no_proxy: &str, url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    no_proxy_patterns(no_proxy)
+        .iter()
+        .fold(ureq::Proxy::builder(ureq::ProxyProtocol::Http), |b, p| {
+            b.no_proxy(p)
+        })
+        .build()
+        .is_ok_and(|matcher| matcher.is_no_proxy(&uri))
+}
+
+/// The README's `NO_PROXY` in ureq's patterns. The README promises what the
+/// runner has always matched: comma-separated entries with spaces around
+/// them allowed, `example.com` matching it and its subdomains (with or
+/// without a leading dot), an optional `:port` ignored, IPv6 addresses with
+/// or without brackets, `*` for everything. ureq matches `example.com`
+/// exactly and `.example.com` as a suffix only, and compares ports and
+/// brackets as written; so each entry becomes both forms, bare.
+fn no_proxy_patterns(no_proxy: &str) -> Vec<String> {
+    let mut patterns = Vec::new();
+    for entry in no_proxy.split(',').map(str::trim) {
+        if entry == "*" {
+            patterns.push(entry.to_string());
+            continue;
+        }
+        let entry = entry.trim_start_matches('.');
+        let host = match entry.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+            _ => entry,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            continue;
+        }
+        if host.contains(':') {
+            // An IPv6 address: the URL's host is the bracketed form.
+            patterns.push(format!("[{host}]"));
+        } else {
+            patterns.push(host.to_string());
+            patterns.push(format!(".{host}"));
         }
     }
-    match scheme {
-        "https" => get("HTTPS_PROXY"),
-        _ => get("HTTP_PROXY"),
-    }
-    .or_else(|| get("ALL_PROXY"))
+    patterns
 }
 
 /// A proxy URL without its credentials, for logs.
@@ -211,41 +320,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// `user@host:port/path` → `host` (IPv6 without brackets).
-fn host_of(rest: &str) -> String {
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or("").to_ascii_lowercase();
-    }
-    authority
-        .split(':')
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase()
-}
-
-/// `NO_PROXY`: comma-separated hosts or domain suffixes (`example.com`
-/// matches it and its subdomains; a leading dot is allowed), optional
-/// `:port` ignored, `*` for everything.
-fn bypass(host: &str, no_proxy: &str) -> bool {
-    no_proxy.split(',').map(str::trim).any(|entry| {
-        if entry == "*" {
-            return true;
-        }
-        let entry = entry.trim_start_matches('.');
-        let entry = match entry.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
-            _ => entry,
-        };
-        let entry = entry
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        !entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}")))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,17 +333,25 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    /// The log's name of the proxy chosen for `url`, `None` for none.
+    fn chosen(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+        choose_proxy(url, env)
+            .expect("a usable proxy")
+            .map(|(_, shown)| shown)
+    }
+
     #[test]
     fn picks_the_proxy_by_scheme_and_honours_no_proxy() {
         let env = with(&[
             ("HTTPS_PROXY", "http://proxy:3128"),
             ("http_proxy", "http://plain:8080"),
-            ("NO_PROXY", "localhost, .internal.example,10.0.0.1:443"),
+            (
+                "NO_PROXY",
+                "localhost, .internal.example,10.0.0.1:443,[fd00::1], ::2",
+            ),
         ]);
         assert_eq!(
-            proxy_for("https://api.flomation.app", &env)
-                .map(|p| p.1)
-                .as_deref(),
+            chosen("https://api.flomation.app", &env).as_deref(),
             Some("http://proxy:3128")
         );
         assert_eq!(
@@ -278,22 +360,51 @@ mod tests {
                 .as_deref(),
             Some("http_proxy")
         );
-        assert!(proxy_for("https://localhost:8443", &env).is_none());
-        assert!(proxy_for("https://api.internal.example", &env).is_none());
-        assert!(proxy_for("https://internal.example", &env).is_none());
-        assert!(proxy_for("https://10.0.0.1", &env).is_none());
-        assert!(proxy_for("https://notinternal.example", &env).is_some());
-        assert!(proxy_for(
-            "https://x",
-            &with(&[("NO_PROXY", "*"), ("ALL_PROXY", "p:1")])
-        )
-        .is_none());
-        assert!(proxy_for("https://x", &with(&[])).is_none());
-        assert_eq!(host_of("u:p@[::1]:8080/a"), "::1");
+        assert_eq!(
+            chosen("http://api.flomation.app/x", &env).as_deref(),
+            Some("http://plain:8080")
+        );
+        assert!(chosen("https://localhost:8443", &env).is_none());
+        assert!(chosen("https://LocalHost:8443", &env).is_none());
+        assert!(chosen("https://api.internal.example", &env).is_none());
+        assert!(chosen("https://internal.example", &env).is_none());
+        assert!(chosen("https://10.0.0.1", &env).is_none());
+        assert!(chosen("https://[fd00::1]:8443", &env).is_none());
+        assert!(chosen("https://[::2]/", &env).is_none());
+        assert!(chosen("https://notinternal.example", &env).is_some());
+        assert!(chosen("https://10.0.0.11", &env).is_some());
+        let all = with(&[("no_proxy", "*"), ("ALL_PROXY", "http://p:1")]);
+        assert!(chosen("https://x", &all).is_none());
+        assert_eq!(
+            chosen("https://x", &with(&[("ALL_PROXY", "http://p:1")])).as_deref(),
+            Some("http://p:1")
+        );
+        assert!(chosen("https://x", &with(&[])).is_none());
         assert_eq!(
             redact("http://u:secret@proxy:3128"),
             "http://***@proxy:3128"
         );
         assert_eq!(redact("proxy:3128"), "proxy:3128");
+    }
+
+    #[test]
+    fn a_bad_proxy_url_names_the_variable() {
+        let env = with(&[("HTTPS_PROXY", "ftp://proxy:21")]);
+        let e = choose_proxy("https://api.flomation.app", &env).unwrap_err();
+        assert!(matches!(e, NetError::Proxy { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("HTTPS_PROXY: \"ftp://proxy:21\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_proxy_that_no_proxy_exempts_is_not_parsed() {
+        let env = with(&[
+            ("HTTPS_PROXY", "ftp://proxy:21"),
+            ("NO_PROXY", "api.flomation.app"),
+        ]);
+        assert!(chosen("https://api.flomation.app", &env).is_none());
     }
 }

@@ -33,7 +33,7 @@ pub enum ClientError {
 
 pub struct Client {
     base: String,
-    agent: ureq::Agent,
+    agent: ureq2::Agent,
 }
 
 impl Client {
@@ -41,7 +41,7 @@ impl Client {
     pub fn new(base: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_string(),
-            agent: ureq::AgentBuilder::new().timeout(TIMEOUT).build(),
+            agent: ureq2::AgentBuilder::new().timeout(TIMEOUT).build(),
         }
     }
 
@@ -50,7 +50,7 @@ impl Client {
     pub fn with_tls(base: &str, tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
             base: base.trim_end_matches('/').to_string(),
-            agent: ureq::AgentBuilder::new()
+            agent: ureq2::AgentBuilder::new()
                 .timeout(TIMEOUT)
                 .tls_config(tls)
                 .build(),
@@ -79,7 +79,7 @@ impl Client {
         };
         let response = match answer {
             Ok(r) => r,
-            Err(ureq::Error::Status(status, response)) => {
+            Err(ureq2::Error::Status(status, response)) => {
                 let text = response.into_string().unwrap_or_default();
                 // The server's errors are `{"error": "..."}`; show just the why.
                 let message = serde_json::from_str::<Value>(&text)
@@ -93,7 +93,7 @@ impl Client {
                     message,
                 });
             }
-            Err(ureq::Error::Transport(t)) => {
+            Err(ureq2::Error::Transport(t)) => {
                 // ureq puts the URL in front; it is already in our message.
                 let full = t.to_string();
                 let reason = full

@@ -72,10 +72,10 @@ impl Drop for DevServer {
     }
 }
 
-fn agent() -> &'static ureq::Agent {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+fn agent() -> &'static ureq2::Agent {
+    static AGENT: OnceLock<ureq2::Agent> = OnceLock::new();
     AGENT.get_or_init(|| {
-        ureq::AgentBuilder::new()
+        ureq2::AgentBuilder::new()
             .timeout(Duration::from_secs(10))
             .build()
     })
@@ -95,7 +95,7 @@ fn http(method: &str, url: &str, body: Option<Vec<u8>>, signature: Option<&str>)
     };
     match answer {
         Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(ureq2::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => panic!("{method} {url}: {e}"),
     }
 }
@@ -513,7 +513,7 @@ fn forced_answers_and_faults() {
         .set(SIGNATURE_HEADER, &runner.sign(&bytes))
         .send_bytes(&bytes);
     assert!(
-        matches!(dropped, Err(ureq::Error::Transport(_))),
+        matches!(dropped, Err(ureq2::Error::Transport(_))),
         "{dropped:?}"
     );
     server.admin(
