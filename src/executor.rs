@@ -97,7 +97,7 @@ fn run_bounded(cmd: Command, limit: Duration) -> io::Result<(ExitStatus, Vec<u8>
     let err = collect(&mut readers, "stderr", started.stderr, 64 << 10);
     let exited = group.wait_exit(Some(limit));
     if !exited {
-        group.signal(Signal::Kill);
+        group.signal(Signal::KILL);
         group.wait_exit(None);
     }
     let finished = group.finish();

@@ -587,14 +587,11 @@ fn openat_dir(dir: &impl AsFd, name: &OsStr, how: OFlags) -> io::Result<OwnedFd>
 }
 
 fn chown(dir: &impl AsFd, name: &OsStr, user: &User) -> io::Result<()> {
-    // SAFETY: from_raw is unsafe only because u32::MAX means "leave
-    // unchanged"; resolve_user refuses that value.
-    let (uid, gid) = unsafe {
-        (
-            rustix::fs::Uid::from_raw(user.uid),
-            rustix::fs::Gid::from_raw(user.gid),
-        )
-    };
+    // u32::MAX would mean "leave unchanged"; resolve_user refuses it.
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(user.uid),
+        rustix::fs::Gid::from_raw(user.gid),
+    );
     Ok(rustix::fs::chownat(
         dir,
         name,

@@ -699,7 +699,7 @@ fn admin_subcommands() {
 fn sigterm_stops_the_server_cleanly() {
     let mut server = DevServer::start(25);
     let pid = rustix::process::Pid::from_raw(server.child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::Term).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         if let Some(status) = server.child.try_wait().unwrap() {

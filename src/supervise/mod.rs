@@ -293,17 +293,14 @@ impl ProcessGroup {
     pub fn wait_exit(&self, limit: Option<Duration>) -> bool {
         let deadline = limit.map(|l| Instant::now() + l);
         if let Some(fd) = &self.pidfd {
-            use rustix::event::{poll, PollFd, PollFlags};
+            use rustix::event::{poll, PollFd, PollFlags, Timespec};
             loop {
-                let timeout = match deadline {
-                    None => -1,
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now()).as_millis();
-                        i32::try_from(left).unwrap_or(i32::MAX)
-                    }
-                };
+                // A deadline too far to express waits without one.
+                let timeout = deadline.and_then(|d| {
+                    Timespec::try_from(d.saturating_duration_since(Instant::now())).ok()
+                });
                 let mut fds = [PollFd::new(fd, PollFlags::IN)];
-                match poll(&mut fds, timeout) {
+                match poll(&mut fds, timeout.as_ref()) {
                     Ok(0) => return false,
                     Ok(_) => return true,
                     Err(rustix::io::Errno::INTR) => continue,
@@ -312,14 +309,14 @@ impl ProcessGroup {
                 }
             }
         }
-        use rustix::process::{waitid, WaitId, WaitidOptions};
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
         let Some(pid) = pid_of(self.leader) else {
             return true;
         };
         loop {
-            let mut options = WaitidOptions::EXITED | WaitidOptions::NOWAIT;
+            let mut options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
             if deadline.is_some() {
-                options |= WaitidOptions::NOHANG;
+                options |= WaitIdOptions::NOHANG;
             }
             match waitid(WaitId::Pid(pid), options) {
                 Ok(Some(_)) => return true,
@@ -345,7 +342,7 @@ impl ProcessGroup {
             return;
         }
         procfs::signal_group(self.leader, signal);
-        if signal == Signal::Kill {
+        if signal == Signal::KILL {
             if let Some(cg) = &self.cgroup {
                 if let Err(e) = cg.kill() {
                     log::warn!("{}: {e}", self.label);
@@ -445,10 +442,10 @@ impl ProcessGroup {
             }
             for p in &found {
                 stopped.entry(p.pid).or_insert_with(|| p.comm.clone());
-                procfs::signal_verified(p.pid, p.start, Signal::Kill);
+                procfs::signal_verified(p.pid, p.start, Signal::KILL);
             }
             // The leader is a zombie, not reaped: the group id is still ours.
-            procfs::signal_group(self.leader, Signal::Kill);
+            procfs::signal_group(self.leader, Signal::KILL);
             if let Some(cg) = &self.cgroup {
                 let _ = cg.kill();
             }
@@ -545,7 +542,7 @@ impl Drop for ProcessGroup {
     /// not leave its processes running or its leader unreaped.
     fn drop(&mut self) {
         if crate::sync::lock(&self.child).is_some() {
-            self.signal(Signal::Kill);
+            self.signal(Signal::KILL);
             let _ = self.finish();
         }
     }
@@ -600,7 +597,7 @@ pub fn stop_orphans() -> usize {
         if !seen.insert(p.pid) {
             continue;
         }
-        if p.alive() && procfs::signal_verified(p.pid, p.start, Signal::Kill) {
+        if p.alive() && procfs::signal_verified(p.pid, p.start, Signal::KILL) {
             found.push(leftover(p));
         }
         stack.extend(children.get(&p.pid).into_iter().flatten());
@@ -654,7 +651,7 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
         );
         for p in &first {
             stopped.entry(p.pid).or_insert_with(|| p.comm.clone());
-            procfs::signal_verified(p.pid, p.start, Signal::Term);
+            procfs::signal_verified(p.pid, p.start, Signal::TERM);
         }
         let deadline = Instant::now() + grace;
         let mut left = find();
@@ -669,7 +666,7 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
             }
             for p in &left {
                 stopped.entry(p.pid).or_insert_with(|| p.comm.clone());
-                procfs::signal_verified(p.pid, p.start, Signal::Kill);
+                procfs::signal_verified(p.pid, p.start, Signal::KILL);
             }
             std::thread::sleep(Duration::from_millis(20));
             left = find();
@@ -768,7 +765,7 @@ mod tests {
         assert!(!procfs::stat(expected[0]).is_some_and(|s| s.alive()));
         // The escaped one is ours to clean up in this test either way.
         if let Some(s) = procfs::stat(expected[1]) {
-            procfs::signal_verified(s.pid, s.start, Signal::Kill);
+            procfs::signal_verified(s.pid, s.start, Signal::KILL);
         }
     }
 

@@ -148,13 +148,13 @@ fn reap_orphans() {
 /// Reaps one orphan. The registry is not held: an orphan's pid cannot be
 /// reused before it is reaped, and no owner waits for it.
 fn reap(pid: u32) {
-    use rustix::process::{waitid, WaitId, WaitidOptions};
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
     let Some(raw) = super::procfs::pid_of(pid) else {
         return;
     };
     match waitid(
         WaitId::Pid(raw),
-        WaitidOptions::EXITED | WaitidOptions::NOHANG,
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
     ) {
         Ok(_) => log::debug!("reaped orphan {pid}"),
         // Reaped meanwhile by an owner that released it just now.
