@@ -169,9 +169,22 @@ pub struct Leftover {
     pub name: String,
 }
 
+/// Why a finished child has no exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum ReapError {
+    #[error("{label}: pid {pid} was already reaped")]
+    AlreadyReaped { label: String, pid: u32 },
+    #[error("waiting for pid {pid} failed: {source}")]
+    Wait {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// What a finished child leaves: its exit status and what was killed.
 pub struct Finished {
-    pub status: io::Result<ExitStatus>,
+    pub status: Result<ExitStatus, ReapError>,
     pub leftovers: Vec<Leftover>,
 }
 
@@ -513,19 +526,17 @@ impl ProcessGroup {
     }
 
     /// Reaps the leader (once), forgets it, removes its cgroup.
-    fn reap(&self) -> io::Result<ExitStatus> {
+    fn reap(&self) -> Result<ExitStatus, ReapError> {
         let mut guard = crate::sync::lock(&self.child);
         let Some(mut child) = guard.take() else {
-            return Err(io::Error::other(format!(
-                "{}: pid {} was already reaped",
-                self.label, self.leader
-            )));
+            return Err(ReapError::AlreadyReaped {
+                label: self.label.clone(),
+                pid: self.leader,
+            });
         };
-        let status = child.wait().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("waiting for pid {} failed: {e}", self.leader),
-            )
+        let status = child.wait().map_err(|source| ReapError::Wait {
+            pid: self.leader,
+            source,
         });
         drop(guard);
         reaper::release(self.leader);
