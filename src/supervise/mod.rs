@@ -111,6 +111,20 @@ pub fn init(limits: Limits, mode: crate::config::CgroupMode) {
         cgroups: detected.cgroups,
         live: Mutex::new(HashMap::new()),
     };
+    log_setup(&supervisor, &detected.notes, wanted);
+    if let Err(e) = reaper {
+        log::warn!(
+            "process supervision: {e}; processes that leave an execution's process group and lose their parent cannot be found"
+        );
+    }
+    if SUPERVISOR.set(supervisor).is_err() {
+        log::warn!("process supervision was set up twice; the first setup stays");
+    }
+}
+
+/// The start-up lines: what supervision has (cgroups and their limits, or
+/// why none), and the notes of detection as warnings.
+fn log_setup(supervisor: &Supervisor, notes: &[String], wanted: bool) {
     match &supervisor.cgroups {
         Some(c) => {
             let l = c.limits();
@@ -129,26 +143,14 @@ pub fn init(limits: Limits, mode: crate::config::CgroupMode) {
         }
         None => log::info!(
             "process supervision: no per-execution cgroups ({}); an execution's processes are found by process group, as orphans of this child subreaper, and by {MARKER_ENV}",
-            detected.notes.first().map_or("none found", String::as_str)
+            notes.first().map_or("none found", String::as_str)
         ),
     }
-    for note in detected
-        .notes
-        .iter()
-        .skip(usize::from(supervisor.cgroups.is_none()))
-    {
+    for note in notes.iter().skip(usize::from(supervisor.cgroups.is_none())) {
         log::warn!("process supervision: {note}");
     }
     if wanted && supervisor.cgroups.is_none() {
         log::warn!("execution.memory_max_bytes / execution.pids_max are set but need a writable cgroup v2 subtree: not applied");
-    }
-    if let Err(e) = reaper {
-        log::warn!(
-            "process supervision: {e}; processes that leave an execution's process group and lose their parent cannot be found"
-        );
-    }
-    if SUPERVISOR.set(supervisor).is_err() {
-        log::warn!("process supervision was set up twice; the first setup stays");
     }
 }
 
@@ -226,29 +228,7 @@ impl ProcessGroup {
             Some(m) => cmd.env(MARKER_ENV, m),
             None => cmd.env_remove(MARKER_ENV),
         };
-        let cgroup = match (marker, &supervisor().cgroups) {
-            (Some(m), Some(c)) => match c.create(m) {
-                Ok(cg) => Some(cg),
-                Err(e) => {
-                    log::warn!("{label}: runs without a cgroup of its own: {e}");
-                    None
-                }
-            },
-            _ => None,
-        };
-        if let Some(cg) = &cgroup {
-            let procs = cg.procs_fd();
-            // SAFETY: runs in the child between fork and exec; it only calls
-            // write(2) on an fd opened before the fork (async-signal-safe,
-            // no allocation, no lock).
-            unsafe {
-                cmd.pre_exec(move || {
-                    rustix::io::write(&*procs, b"0")
-                        .map(|_| ())
-                        .map_err(io::Error::from)
-                });
-            }
-        }
+        let cgroup = marker.and_then(|m| enter_cgroup(&mut cmd, &label, m));
         let mut child = match reaper::spawn(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
@@ -431,6 +411,30 @@ impl ProcessGroup {
                 leftovers: Vec::new(),
             };
         }
+        let stopped = self.kill_leftovers();
+        let status = self.reap();
+        let leftovers: Vec<Leftover> = stopped
+            .into_iter()
+            .map(|(pid, name)| Leftover { pid, name })
+            .collect();
+        if !leftovers.is_empty() {
+            crate::metrics::global()
+                .leftover_processes_killed
+                .fetch_add(leftovers.len() as u64, Ordering::Relaxed);
+            log::info!(
+                "{}: stopped {} leftover process(es): {}",
+                self.label,
+                leftovers.len(),
+                describe(&leftovers)
+            );
+        }
+        Finished { status, leftovers }
+    }
+
+    /// SIGKILL to what is left of this child until nothing is (after the
+    /// settle time, within [`LEFTOVER_WAIT`]); returns what was killed, by
+    /// pid, with its name.
+    fn kill_leftovers(&self) -> BTreeMap<u32, String> {
         let mut stopped: BTreeMap<u32, String> = BTreeMap::new();
         let settle = Instant::now() + SETTLE;
         let deadline = Instant::now() + LEFTOVER_WAIT;
@@ -464,23 +468,7 @@ impl ProcessGroup {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let status = self.reap();
-        let leftovers: Vec<Leftover> = stopped
-            .into_iter()
-            .map(|(pid, name)| Leftover { pid, name })
-            .collect();
-        if !leftovers.is_empty() {
-            crate::metrics::global()
-                .leftover_processes_killed
-                .fetch_add(leftovers.len() as u64, Ordering::Relaxed);
-            log::info!(
-                "{}: stopped {} leftover process(es): {}",
-                self.label,
-                leftovers.len(),
-                describe(&leftovers)
-            );
-        }
-        Finished { status, leftovers }
+        stopped
     }
 
     /// The common case, cheaply: as subreaper the runner is the parent of
@@ -546,6 +534,31 @@ impl ProcessGroup {
         }
         status
     }
+}
+
+/// A new cgroup for the execution `marker`, which `cmd`'s child enters
+/// between fork and exec; `None` (logged) without cgroups or when none can
+/// be made.
+fn enter_cgroup(cmd: &mut Command, label: &str, marker: &str) -> Option<cgroup::ExecCgroup> {
+    let cg = match supervisor().cgroups.as_ref()?.create(marker) {
+        Ok(cg) => cg,
+        Err(e) => {
+            log::warn!("{label}: runs without a cgroup of its own: {e}");
+            return None;
+        }
+    };
+    let procs = cg.procs_fd();
+    // SAFETY: runs in the child between fork and exec; it only calls
+    // write(2) on an fd opened before the fork (async-signal-safe, no
+    // allocation, no lock).
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::io::write(&*procs, b"0")
+                .map(|_| ())
+                .map_err(io::Error::from)
+        });
+    }
+    Some(cg)
 }
 
 impl Drop for ProcessGroup {
@@ -637,20 +650,7 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
     if record.boot_id.is_some() && record.boot_id != boot_id() {
         return Vec::new();
     }
-    let mut stopped: BTreeMap<u32, String> = BTreeMap::new();
-    if let Some(path) = &record.cgroup {
-        if cgroup::is_execution_cgroup(path) {
-            for pid in cgroup::members(path) {
-                if let Some(s) = procfs::stat(pid) {
-                    stopped.insert(pid, s.comm);
-                }
-            }
-            if let Err(e) = cgroup::kill(path) {
-                log::warn!("execution {}: {e}", record.execution_id);
-            }
-            cgroup::remove(path);
-        }
-    }
+    let mut stopped = stop_cgroup(record);
     let find = || remains(record, &procfs::snapshot());
     let first = find();
     if !first.is_empty() {
@@ -690,6 +690,29 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
     crate::metrics::global()
         .leftover_processes_killed
         .fetch_add(stopped.len() as u64, Ordering::Relaxed);
+    stopped
+}
+
+/// `cgroup.kill` on the recorded cgroup of a previous run's execution, if
+/// it is one of ours; returns its members, by pid, with their names.
+fn stop_cgroup(record: &Record) -> BTreeMap<u32, String> {
+    let mut stopped = BTreeMap::new();
+    let Some(path) = record
+        .cgroup
+        .as_deref()
+        .filter(|p| cgroup::is_execution_cgroup(p))
+    else {
+        return stopped;
+    };
+    for pid in cgroup::members(path) {
+        if let Some(s) = procfs::stat(pid) {
+            stopped.insert(pid, s.comm);
+        }
+    }
+    if let Err(e) = cgroup::kill(path) {
+        log::warn!("execution {}: {e}", record.execution_id);
+    }
+    cgroup::remove(path);
     stopped
 }
 

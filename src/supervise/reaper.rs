@@ -48,18 +48,27 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
+/// Why the runner is no child subreaper.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("prctl(PR_SET_CHILD_SUBREAPER): {0}")]
+    Subreaper(#[source] rustix::io::Errno),
+    #[error("cannot start the reaper thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
 /// Makes the runner a child subreaper and starts the reaper thread. Call once,
 /// before the first spawn.
-pub fn start() -> io::Result<()> {
+pub fn start() -> Result<(), StartError> {
     if active() {
         return Ok(());
     }
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| io::Error::other(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
+        .map_err(StartError::Subreaper)?;
     std::thread::Builder::new()
         .name("reaper".into())
         .spawn(reap_orphans)
-        .map_err(|e| io::Error::other(format!("cannot start the reaper thread: {e}")))?;
+        .map_err(StartError::Thread)?;
     ACTIVE.store(true, Ordering::Relaxed);
     Ok(())
 }
