@@ -138,7 +138,7 @@ fn begin_stop(id: &ExecutionId, e: &mut Entry, reason: StopReason) {
         return;
     }
     log::info!("execution {id}: stopping executor ({reason:?}): SIGTERM to its processes");
-    e.group.signal(Signal::Term);
+    e.group.signal(Signal::TERM);
     e.stop = Some((reason, Instant::now(), false));
 }
 
@@ -165,7 +165,7 @@ fn watch_timers(shared: &Shared) {
                         "execution {id}: still running {} s after SIGTERM; SIGKILL to its processes",
                         shared.kill_grace.as_secs()
                     );
-                    e.group.signal(Signal::Kill);
+                    e.group.signal(Signal::KILL);
                     *killed = true;
                 }
             }

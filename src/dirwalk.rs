@@ -323,26 +323,9 @@ pub fn remove_contents(top: &Path, dir: impl AsFd) -> Result<(), WalkError> {
             return Ok(());
         };
         if let Some(name) = level.pending.pop() {
-            let Some((fd, id)) = walk.open_child(&name)? else {
-                // Gone, or a link or file put there meanwhile: emptying
-                // this level again takes it as an entry.
-                continue;
-            };
-            if id.dev != walk.dev {
-                return Err(WalkError::OtherDevice {
-                    name: shown(&name),
-                    depth: walk.stack.len(),
-                    top: top.to_path_buf(),
-                });
+            if enter(&mut walk, top, name)? {
+                passes.push(1);
             }
-            walk.cur = fd;
-            let pending = clear_level(&walk)?;
-            walk.stack.push(Level {
-                id,
-                name: Some(name),
-                pending,
-            });
-            passes.push(1);
             continue;
         }
         // Every subdirectory was emptied and removed: anything left now was
@@ -371,22 +354,51 @@ pub fn remove_contents(top: &Path, dir: impl AsFd) -> Result<(), WalkError> {
             // The start: emptied.
             return Ok(());
         };
-        walk.climb()?;
-        // The name must still be the directory just emptied.
-        match rfs::statat(&walk.cur, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(s) if FileId::of(&s) == done.id => {}
-            Ok(_) | Err(Errno::NOENT) => {
-                return Err(WalkError::Moved {
-                    depth: walk.depth() + 1,
-                    top: top.to_path_buf(),
-                })
-            }
-            Err(e) => return Err(walk.err("stat", &name, e)),
+        remove_emptied(&mut walk, top, &name, done.id)?;
+    }
+}
+
+/// Enters the subdirectory `name` of the current level and removes what
+/// can go at once in it. `false` when it is gone, or a link or file was put
+/// there meanwhile: emptying this level again takes it as an entry.
+fn enter(walk: &mut Walk, top: &Path, name: CString) -> Result<bool, WalkError> {
+    let Some((fd, id)) = walk.open_child(&name)? else {
+        return Ok(false);
+    };
+    if id.dev != walk.dev {
+        return Err(WalkError::OtherDevice {
+            name: shown(&name),
+            depth: walk.stack.len(),
+            top: top.to_path_buf(),
+        });
+    }
+    walk.cur = fd;
+    let pending = clear_level(walk)?;
+    walk.stack.push(Level {
+        id,
+        name: Some(name),
+        pending,
+    });
+    Ok(true)
+}
+
+/// Goes up from the directory `name` (whose level was just popped) and
+/// removes it, if the name is still the directory `id` that was emptied.
+fn remove_emptied(walk: &mut Walk, top: &Path, name: &CStr, id: FileId) -> Result<(), WalkError> {
+    walk.climb()?;
+    match rfs::statat(&walk.cur, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) if FileId::of(&s) == id => {}
+        Ok(_) | Err(Errno::NOENT) => {
+            return Err(WalkError::Moved {
+                depth: walk.depth() + 1,
+                top: top.to_path_buf(),
+            })
         }
-        match rfs::unlinkat(&walk.cur, &name, AtFlags::REMOVEDIR) {
-            Ok(()) | Err(Errno::NOENT) => {}
-            Err(e) => return Err(walk.err("remove", &name, e)),
-        }
+        Err(e) => return Err(walk.err("stat", name, e)),
+    }
+    match rfs::unlinkat(&walk.cur, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(walk.err("remove", name, e)),
     }
 }
 

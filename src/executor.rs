@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use crate::cancel::{StopReason, Watcher};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::output::Output;
+use crate::sandbox::{Plan, SandboxError};
 use crate::supervise::{self, ProcessGroup, Readers, Spawned, DRAIN_TIMEOUT};
 use crate::workspace::{Job, Workspace, CONTEXT_FILE, FLOW_FILE, TRIGGER_FILE};
 
@@ -24,18 +25,70 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    #[error("executor {program:?} cannot run `{args}`: {why} (check execution.executable_name)")]
+    #[error(
+        "executor {program:?} cannot run `{args}`: {source} (check execution.executable_name)"
+    )]
     Run {
         program: String,
         args: String,
-        why: String,
+        #[source]
+        source: BoundedError,
     },
-    #[error("executor {program:?} wrote no usable {path}: {why}")]
-    Manifest {
+    /// It ran and failed; `detail` is the last line of its stderr.
+    #[error("executor {program:?} cannot run `{args}`: {} (check execution.executable_name)", failed(.status, .detail))]
+    Failed {
         program: String,
-        path: String,
-        why: String,
+        args: String,
+        status: ExitStatus,
+        detail: String,
     },
+    #[error("executor {program:?} wrote no usable {path}: {source}")]
+    ManifestRead {
+        program: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("executor {program:?} wrote no usable {path}: {source}")]
+    ManifestJson {
+        program: String,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// `exit status: 2 usage: ...`, or only the status when stderr was empty.
+fn failed(status: &ExitStatus, detail: &str) -> String {
+    format!("{status} {detail}").trim().to_string()
+}
+
+/// Why a run of the executor has no exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("not started: cannot sandbox the executor: {0}")]
+    Sandbox(#[source] SandboxError),
+    #[error("cannot start executor {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("waiting for the executor failed: {0}")]
+    Wait(#[source] supervise::ReapError),
+}
+
+/// Why a short supervised command gave no output.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundedError {
+    #[error("{0}")]
+    Spawn(#[source] io::Error),
+    #[error("{0}")]
+    Readers(#[source] io::Error),
+    #[error("did not finish within {} s", .0.as_secs())]
+    TimedOut(Duration),
+    #[error("{0}")]
+    Reap(#[source] supervise::ReapError),
 }
 
 /// What the executor says about itself, sent at registration.
@@ -57,58 +110,72 @@ pub fn discover(config: &Config) -> Result<Discovery, DiscoveryError> {
     let dir = &config.execution.execution_directory;
     let program = config.execution.executable_name.clone();
     let run = |args: &[&str]| -> Result<Vec<u8>, DiscoveryError> {
-        let fail = |why: String| DiscoveryError::Run {
-            program: program.clone(),
-            args: args.join(" "),
-            why,
-        };
         let mut cmd = command(config);
         cmd.args(args).current_dir(dir);
         let (status, stdout, stderr) =
-            run_bounded(cmd, DISCOVERY_TIMEOUT).map_err(|e| fail(e.to_string()))?;
+            run_bounded(cmd, DISCOVERY_TIMEOUT).map_err(|source| DiscoveryError::Run {
+                program: program.clone(),
+                args: args.join(" "),
+                source,
+            })?;
         if !status.success() {
             let stderr = String::from_utf8_lossy(&stderr);
-            let detail = stderr.trim().lines().last().unwrap_or("").to_string();
-            return Err(fail(format!("{status} {detail}").trim().to_string()));
+            return Err(DiscoveryError::Failed {
+                program: program.clone(),
+                args: args.join(" "),
+                status,
+                detail: stderr.trim().lines().last().unwrap_or("").to_string(),
+            });
         }
         Ok(stdout)
     };
     let version = String::from_utf8_lossy(&run(&["--version"])?).into_owned();
     run(&["--manifest", MANIFEST_FILE])?;
     let path = dir.join(MANIFEST_FILE);
-    let manifest_err = |why: String| DiscoveryError::Manifest {
-        program: program.clone(),
-        path: path.display().to_string(),
-        why,
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(source) => {
+            return Err(DiscoveryError::ManifestRead {
+                program,
+                path,
+                source,
+            })
+        }
     };
-    let bytes = std::fs::read(&path).map_err(|e| manifest_err(e.to_string()))?;
-    let manifest = serde_json::from_slice(&bytes).map_err(|e| manifest_err(e.to_string()))?;
-    Ok(Discovery { version, manifest })
+    match serde_json::from_slice(&bytes) {
+        Ok(manifest) => Ok(Discovery { version, manifest }),
+        Err(source) => Err(DiscoveryError::ManifestJson {
+            program,
+            path,
+            source,
+        }),
+    }
 }
 
 /// Runs a short command with a deadline, collecting (bounded) output.
 /// Supervised like an execution: whatever it leaves running is killed, and
 /// its pipes are given up after the drain time even if something holds them.
-fn run_bounded(cmd: Command, limit: Duration) -> io::Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
-    let started = ProcessGroup::spawn(cmd, "executor discovery".into(), None)?;
+fn run_bounded(
+    cmd: Command,
+    limit: Duration,
+) -> Result<(ExitStatus, Vec<u8>, Vec<u8>), BoundedError> {
+    let started =
+        ProcessGroup::spawn(cmd, "executor discovery".into(), None).map_err(BoundedError::Spawn)?;
     let group = started.group;
-    let mut readers = Readers::new("executor discovery")?;
+    let mut readers = Readers::new("executor discovery").map_err(BoundedError::Readers)?;
     let out = collect(&mut readers, "stdout", started.stdout, 1 << 20);
     let err = collect(&mut readers, "stderr", started.stderr, 64 << 10);
     let exited = group.wait_exit(Some(limit));
     if !exited {
-        group.signal(Signal::Kill);
+        group.signal(Signal::KILL);
         group.wait_exit(None);
     }
     let finished = group.finish();
     readers.finish(Instant::now() + DRAIN_TIMEOUT);
     if !exited {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("did not finish within {} s", limit.as_secs()),
-        ));
+        return Err(BoundedError::TimedOut(limit));
     }
-    let status = finished.status?;
+    let status = finished.status.map_err(BoundedError::Reap)?;
     let take = |c: Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *crate::sync::lock(&c));
     Ok((status, take(out), take(err)))
 }
@@ -174,54 +241,50 @@ pub fn arguments(config: &Config, identity: &Identity, job: &Job, ws: &Workspace
 
 /// How a run ended.
 pub struct RunOutcome {
-    /// `Err` when the executor could not be started at all.
-    pub status: Result<ExitStatus, String>,
+    /// `Err` when the executor could not be started at all, or its exit
+    /// could not be learned.
+    pub status: Result<ExitStatus, RunError>,
     pub stopped: Option<StopReason>,
+}
+
+/// One run of the executor: what [`run`] starts, where, for which job.
+pub struct Launch<'a> {
+    pub config: &'a Config,
+    pub sandbox: &'a Plan,
+    /// The execution directory, its working directory.
+    pub dir: &'a Path,
+    /// From [`arguments`].
+    pub args: Vec<OsString>,
+    pub job: &'a Job,
+    /// Registered with once started: it may stop the run.
+    pub watcher: &'a Watcher,
 }
 
 /// Starts the executor supervised (`supervise::ProcessGroup`) and follows
 /// it until it exits: all output goes to `on_output` (from two reader
 /// threads), the watcher may stop it, and everything it leaves running is
 /// killed at the end and named in a last output line.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
-    config: &Config,
-    sandbox: &crate::sandbox::Plan,
-    dir: &Path,
-    args: Vec<OsString>,
-    job: &Job,
-    watcher: &Watcher,
+    launch: Launch<'_>,
     on_spawn: impl FnOnce(&Spawned),
     on_output: impl Fn(Output) + Send + Sync + 'static,
 ) -> RunOutcome {
-    let id = &job.execution_id;
-    let mut cmd = Command::new(&config.execution.program);
-    cmd.args(args).current_dir(dir);
-    // The sandbox (environment, Landlock, run_as) before supervision adds
-    // its part at spawn (stdio, process group, cgroup, execution marker).
-    if let Err(e) = crate::sandbox::apply(&mut cmd, sandbox, dir) {
-        let status = Err(format!("not started: cannot sandbox the executor: {e}"));
-        return RunOutcome {
-            status,
-            stopped: None,
-        };
-    }
+    let id = &launch.job.execution_id;
     let label = format!("execution {id}");
-    let started = match ProcessGroup::spawn(cmd, label.clone(), Some(id.as_str())) {
+    let started = match start(&launch, &label) {
         Ok(s) => s,
         Err(e) => {
             return RunOutcome {
-                status: Err(format!(
-                    "cannot start executor {:?}: {e}",
-                    config.execution.executable_name
-                )),
+                status: Err(e),
                 stopped: None,
             }
         }
     };
     let group = started.group;
     on_spawn(&group.spawned());
-    watcher.register(id, group.clone(), config.execution.timeout);
+    launch
+        .watcher
+        .register(id, group.clone(), launch.config.execution.timeout);
 
     let on_output = Arc::new(on_output);
     let pipes: Vec<_> = [("stdout", started.stdout), ("stderr", started.stderr)]
@@ -239,24 +302,41 @@ pub fn run(
     // Exited, not reaped: its process group id stays ours while leftovers
     // are found and killed; `finish` reaps it after.
     group.wait_exit(None);
-    let stopped = watcher.deregister(id);
+    let stopped = launch.watcher.deregister(id);
     let finished = group.finish();
-    let status = finished
-        .status
-        .map_err(|e| format!("waiting for the executor failed: {e}"));
+    let status = finished.status.map_err(RunError::Wait);
     if let Some(readers) = readers {
-        if !readers.finish(Instant::now() + DRAIN_TIMEOUT) {
-            log::warn!(
-                "{label}: executor output still open {} s after it exited and its leftovers were killed (a process out of reach holds it); stopped reading",
-                DRAIN_TIMEOUT.as_secs()
-            );
-        }
+        drain(&label, readers);
     }
     // After the readers: the last line of the output, in the result's logs.
     if let Some(line) = supervise::leftover_line(&finished.leftovers) {
         on_output(Output::Line(line));
     }
     RunOutcome { status, stopped }
+}
+
+/// The executor's command, sandboxed, spawned under supervision.
+fn start(launch: &Launch<'_>, label: &str) -> Result<supervise::Started, RunError> {
+    let mut cmd = Command::new(&launch.config.execution.program);
+    cmd.args(&launch.args).current_dir(launch.dir);
+    // The sandbox (environment, Landlock, run_as) before supervision adds
+    // its part at spawn (stdio, process group, cgroup, execution marker).
+    crate::sandbox::apply(&mut cmd, launch.sandbox, launch.dir).map_err(RunError::Sandbox)?;
+    let marker = launch.job.execution_id.as_str();
+    ProcessGroup::spawn(cmd, label.to_string(), Some(marker)).map_err(|source| RunError::Spawn {
+        program: launch.config.execution.executable_name.clone(),
+        source,
+    })
+}
+
+/// Waits for the readers until the drain time has passed.
+fn drain(label: &str, readers: Readers) {
+    if !readers.finish(Instant::now() + DRAIN_TIMEOUT) {
+        log::warn!(
+            "{label}: executor output still open {} s after it exited and its leftovers were killed (a process out of reach holds it); stopped reading",
+            DRAIN_TIMEOUT.as_secs()
+        );
+    }
 }
 
 #[cfg(test)]
@@ -284,7 +364,7 @@ mod tests {
         let pid_file = dir.path().join("pid");
         let script = format!("echo $$ > {}; sleep 30 & sleep 30", pid_file.display());
         let e = run_bounded(sh(&script), Duration::from_millis(500)).expect_err("hangs");
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(matches!(e, BoundedError::TimedOut(_)), "{e}");
         let pid: u32 = std::fs::read_to_string(&pid_file)
             .unwrap()
             .trim()

@@ -54,17 +54,24 @@ fn mkdir_at(parent: &OwnedFd, name: &Path) -> io::Result<()> {
     }
 }
 
+/// A component of an execution directory's path that the flow replaced.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is not a directory (a link or a file left there); refusing to use it", .path.display())]
+pub struct NotADirectory {
+    path: PathBuf,
+    #[source]
+    source: rustix::io::Errno,
+}
+
 /// Opens one directory component without following a link.
 fn open_dir_at(parent: &OwnedFd, name: &Path, shown: &Path) -> io::Result<OwnedFd> {
     rfs::openat(parent, name, dir_flags(), Mode::empty()).map_err(|e| {
         if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} is not a directory (a link or a file left there); refusing to use it",
-                    shown.display()
-                ),
-            )
+            let refused = NotADirectory {
+                path: shown.to_path_buf(),
+                source: e,
+            };
+            io::Error::new(io::ErrorKind::InvalidInput, refused)
         } else {
             e.into()
         }

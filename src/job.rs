@@ -132,24 +132,23 @@ fn run(ctx: &Context, job: &Job) {
         let shipper = ctx.shipper.clone();
         let line_id = id.clone();
         let on_spawn = |spawned: &crate::supervise::Spawned| open.spawned(spawned);
-        executor::run(
-            &ctx.config,
-            &ctx.sandbox,
-            &ws.dir,
+        let launch = executor::Launch {
+            config: &ctx.config,
+            sandbox: &ctx.sandbox,
+            dir: &ws.dir,
             args,
             job,
-            &ctx.watcher,
-            on_spawn,
-            move |output| match output {
-                Output::Line(line) => {
-                    let mut s = crate::sync::lock(&sink);
-                    s.tail.push(&line);
-                    s.file.write_line(&line);
-                    shipper.push(&line_id, line);
-                }
-                Output::CaughtUp => crate::sync::lock(&sink).file.flush(),
-            },
-        )
+            watcher: &ctx.watcher,
+        };
+        executor::run(launch, on_spawn, move |output| match output {
+            Output::Line(line) => {
+                let mut s = crate::sync::lock(&sink);
+                s.tail.push(&line);
+                s.file.write_line(&line);
+                shipper.push(&line_id, line);
+            }
+            Output::CaughtUp => crate::sync::lock(&sink).file.flush(),
+        })
     };
     ctx.disk.deregister(id);
     let unsent = ctx.shipper.finish(id, LOG_FINISH_LIMIT);
@@ -160,7 +159,7 @@ fn run(ctx: &Context, job: &Job) {
             "execution {id}: executor finished ({}) after {:.1} s, {} output lines",
             match &outcome.status {
                 Ok(s) => s.to_string(),
-                Err(e) => e.clone(),
+                Err(e) => e.to_string(),
             },
             started.elapsed().as_secs_f64(),
             s.tail.total_lines()

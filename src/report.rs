@@ -5,6 +5,7 @@ use serde_json::{json, Map, Value};
 use std::process::ExitStatus;
 
 use crate::cancel::StopReason;
+use crate::executor::RunError;
 use crate::flowdir::FlowDir;
 use crate::protocol::ExecutionResult;
 use crate::workspace::STATE_FILE;
@@ -18,7 +19,7 @@ pub const RESULT_FILE: &str = "result.json";
 /// result that says why.
 pub fn build(
     dir: &FlowDir,
-    status: &Result<ExitStatus, String>,
+    status: &Result<ExitStatus, RunError>,
     stopped: Option<StopReason>,
     logs: String,
     max_state_bytes: u64,
@@ -26,7 +27,7 @@ pub fn build(
     let mut has_errored = false;
     let mut cancelled = false;
     let state_read = match status {
-        Err(why) => Err(why.clone()),
+        Err(why) => Err(why.to_string()),
         Ok(_) => read_state(dir, max_state_bytes),
     };
     let mut state = match state_read {

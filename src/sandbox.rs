@@ -81,9 +81,16 @@ pub const BASIC_VARIABLES: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("execution.sandbox is \"required\" but Landlock is not available here ({why}); run on Linux 5.13+ with Landlock enabled (the \"lsm=\" boot list must include landlock), or set execution.sandbox to \"auto\" or \"off\"")]
-    LandlockMissing { why: String },
+    LandlockMissing {
+        #[source]
+        why: LandlockUnavailable,
+    },
     #[error("execution.run_as: {value:?}: {why}")]
-    User { value: String, why: String },
+    User {
+        value: String,
+        #[source]
+        why: UserError,
+    },
     #[error("execution.run_as is set but the runner cannot switch executors to uid {uid}: it lacks {missing} (run it as root, or grant those capabilities)")]
     NoPrivilege { uid: u32, missing: String },
     #[error("execution.run_as: uid {uid} cannot {what} {path} ({detail}); {fix}")]
@@ -114,6 +121,34 @@ pub enum SandboxError {
         uid: u32,
         source: io::Error,
     },
+}
+
+/// Why Landlock cannot be used here.
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockUnavailable {
+    #[error("the kernel has no Landlock")]
+    NotInKernel,
+    #[error("Landlock is built in but not enabled at boot")]
+    NotEnabled,
+    #[error("landlock_create_ruleset: {0}")]
+    Syscall(#[source] io::Error),
+    #[error("{0}")]
+    Probe(#[source] RulesetError),
+    #[error("no Landlock ruleset can be created")]
+    NoRuleset,
+}
+
+/// Why `execution.run_as` names no usable user.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("cannot look the user up: {0}")]
+    Lookup(#[source] io::Error),
+    #[error("no such user")]
+    NoSuchUser,
+    #[error("uid {0} has no entry in the user database, so its group is unknown: give it as \"{0}:GID\"")]
+    NoGroup(u32),
+    #[error("4294967295 is not a usable id")]
+    Unusable,
 }
 
 /// Closes `/proc/<runner>/environ`, `mem` and the like to processes of the
@@ -193,13 +228,6 @@ impl Plan {
     ) -> Result<(Plan, Vec<String>), SandboxError> {
         let exec = &config.execution;
         let mut warnings = Vec::new();
-        let real = |what: &'static str, path: &Path| {
-            fs::canonicalize(path).map_err(|source| SandboxError::Resolve {
-                what,
-                path: path.to_path_buf(),
-                source,
-            })
-        };
         let real_root = real("the execution directory", &exec.execution_directory)?;
         let real_key = real("the key file", key_path)?;
         let user = match &exec.run_as {
@@ -221,27 +249,7 @@ impl Plan {
             SandboxMode::Off => None,
             mode => match landlock_available() {
                 Ok(kernel_abi) => {
-                    let mut protected = vec![
-                        real("the state directory", &exec.state_directory)?,
-                        real_root.clone(),
-                    ];
-                    if let Some(source) = &config.source {
-                        protected.push(real("the configuration file", source)?);
-                    }
-                    let mut readable = Vec::new();
-                    protected.push(real_key.clone());
-                    if exec.pass_key {
-                        readable.push(real_key.clone());
-                    }
-                    // An executor installed inside a protected directory
-                    // must still be able to run.
-                    if exec.program.components().count() > 1 {
-                        if let Ok(p) = fs::canonicalize(&exec.program) {
-                            if protected.iter().any(|d| p.starts_with(d)) {
-                                readable.push(p);
-                            }
-                        }
-                    }
+                    let (protected, readable) = landlock_paths(config, &real_root, &real_key)?;
                     Some(Landlock::new(kernel_abi, protected, readable))
                 }
                 Err(why) if mode == SandboxMode::Required => {
@@ -351,6 +359,47 @@ impl Plan {
     }
 }
 
+/// `path` resolved, or an error naming what it is.
+fn real(what: &'static str, path: &Path) -> Result<PathBuf, SandboxError> {
+    fs::canonicalize(path).map_err(|source| SandboxError::Resolve {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// What Landlock protects from executors (resolved), and the files inside
+/// those that they may still read and execute.
+fn landlock_paths(
+    config: &Config,
+    real_root: &Path,
+    real_key: &Path,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), SandboxError> {
+    let exec = &config.execution;
+    let mut protected = vec![
+        real("the state directory", &exec.state_directory)?,
+        real_root.to_path_buf(),
+    ];
+    if let Some(source) = &config.source {
+        protected.push(real("the configuration file", source)?);
+    }
+    let mut readable = Vec::new();
+    protected.push(real_key.to_path_buf());
+    if exec.pass_key {
+        readable.push(real_key.to_path_buf());
+    }
+    // An executor installed inside a protected directory must still be
+    // able to run.
+    if exec.program.components().count() > 1 {
+        if let Ok(p) = fs::canonicalize(&exec.program) {
+            if protected.iter().any(|d| p.starts_with(d)) {
+                readable.push(p);
+            }
+        }
+    }
+    Ok((protected, readable))
+}
+
 impl fmt::Display for Plan {
     /// One start-up line saying what executors get.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -431,7 +480,7 @@ fn restrict_self(ruleset: std::os::fd::RawFd) -> io::Result<()> {
 /// The kernel's Landlock ABI version, or why there is none. Asks the crate
 /// too, so that "available" means a ruleset can really be created here (a
 /// seccomp filter or an old kernel answer the same way for both).
-fn landlock_available() -> Result<i64, String> {
+fn landlock_available() -> Result<i64, LandlockUnavailable> {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
     // creates nothing and returns the ABI version.
     let v = unsafe {
@@ -445,18 +494,18 @@ fn landlock_available() -> Result<i64, String> {
     if v < 1 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
-            Some(libc::ENOSYS) => "the kernel has no Landlock".to_string(),
-            Some(libc::EOPNOTSUPP) => "Landlock is built in but not enabled at boot".to_string(),
-            _ => format!("landlock_create_ruleset: {e}"),
+            Some(libc::ENOSYS) => LandlockUnavailable::NotInKernel,
+            Some(libc::EOPNOTSUPP) => LandlockUnavailable::NotEnabled,
+            _ => LandlockUnavailable::Syscall(e),
         });
     }
     let probe = Ruleset::default()
         .handle_access(AccessFs::from_all(TARGET_ABI))
         .and_then(|r| r.create())
-        .map_err(|e| e.to_string())?;
+        .map_err(LandlockUnavailable::Probe)?;
     match Option::<OwnedFd>::from(probe) {
         Some(_) => Ok(v),
-        None => Err("no Landlock ruleset can be created".to_string()),
+        None => Err(LandlockUnavailable::NoRuleset),
     }
 }
 
@@ -587,14 +636,11 @@ fn openat_dir(dir: &impl AsFd, name: &OsStr, how: OFlags) -> io::Result<OwnedFd>
 }
 
 fn chown(dir: &impl AsFd, name: &OsStr, user: &User) -> io::Result<()> {
-    // SAFETY: from_raw is unsafe only because u32::MAX means "leave
-    // unchanged"; resolve_user refuses that value.
-    let (uid, gid) = unsafe {
-        (
-            rustix::fs::Uid::from_raw(user.uid),
-            rustix::fs::Gid::from_raw(user.gid),
-        )
-    };
+    // u32::MAX would mean "leave unchanged"; resolve_user refuses it.
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(user.uid),
+        rustix::fs::Gid::from_raw(user.gid),
+    );
     Ok(rustix::fs::chownat(
         dir,
         name,
@@ -688,15 +734,15 @@ fn resolve_user(run_as: &RunAs) -> Result<User, SandboxError> {
         RunAs::Id { uid, gid: Some(g) } => format!("{uid}:{g}"),
         RunAs::Id { uid, gid: None } => uid.to_string(),
     };
-    let fail = |why: String| SandboxError::User {
+    let fail = |why: UserError| SandboxError::User {
         value: value.clone(),
         why,
     };
     let user = match run_as {
         RunAs::Name(name) => {
             let pw = lookup(Key::Name(name))
-                .map_err(|e| fail(format!("cannot look the user up: {e}")))?
-                .ok_or_else(|| fail("no such user".into()))?;
+                .map_err(|e| fail(UserError::Lookup(e)))?
+                .ok_or_else(|| fail(UserError::NoSuchUser))?;
             User {
                 uid: pw.uid,
                 gid: pw.gid,
@@ -705,16 +751,11 @@ fn resolve_user(run_as: &RunAs) -> Result<User, SandboxError> {
             }
         }
         RunAs::Id { uid, gid } => {
-            let pw = lookup(Key::Uid(*uid))
-                .map_err(|e| fail(format!("cannot look the user up: {e}")))?;
+            let pw = lookup(Key::Uid(*uid)).map_err(|e| fail(UserError::Lookup(e)))?;
             let gid = match (gid, &pw) {
                 (Some(g), _) => *g,
                 (None, Some(pw)) => pw.gid,
-                (None, None) => {
-                    return Err(fail(format!(
-                        "uid {uid} has no entry in the user database, so its group is unknown: give it as \"{uid}:GID\""
-                    )))
-                }
+                (None, None) => return Err(fail(UserError::NoGroup(*uid))),
             };
             User {
                 uid: *uid,
@@ -725,7 +766,7 @@ fn resolve_user(run_as: &RunAs) -> Result<User, SandboxError> {
         }
     };
     if user.uid == u32::MAX || user.gid == u32::MAX {
-        return Err(fail("4294967295 is not a usable id".into()));
+        return Err(fail(UserError::Unusable));
     }
     Ok(user)
 }

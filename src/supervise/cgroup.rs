@@ -50,6 +50,68 @@ pub struct Cgroups {
     next: AtomicU64,
 }
 
+/// Why there are no per-execution cgroups, or no limits in them; or a file
+/// of a cgroup that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read {path}: {source}")]
+    Proc {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup v2 filesystem is mounted")]
+    NotMounted,
+    #[error("this process is in no cgroup v2")]
+    NotInOne,
+    #[error("own cgroup {own} is outside the cgroup2 mount's root {root}")]
+    OutsideMount { own: String, root: String },
+    #[error("cgroup {} has no cgroup.kill (Linux 5.14+ needed)", .0.display())]
+    NoKill(PathBuf),
+    #[error("cannot create cgroups in {base} ({source}): not delegated to this user")]
+    NotDelegated {
+        base: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("controller(s) {} not available in {base} (cgroup.controllers: {available:?})", .missing.join(", "))]
+    Unavailable {
+        missing: Vec<&'static str>,
+        base: PathBuf,
+        available: String,
+    },
+    #[error("cannot create {path}: {source}")]
+    CreateLeaf {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot move the runner into {leaf}: {source}")]
+    MoveRunner {
+        leaf: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enable {} in {}/cgroup.subtree_control ({source}; other processes in that cgroup prevent it)", .enable.join(" "), .base.display())]
+    Enable {
+        enable: Vec<String>,
+        base: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    File(#[from] CgroupFileError),
+}
+
+/// A cgroup file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct CgroupFileError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
 /// What detection found.
 pub struct Detected {
     pub cgroups: Option<Cgroups>,
@@ -59,49 +121,17 @@ pub struct Detected {
 
 /// Looks for a writable cgroup v2 subtree at the runner's own cgroup.
 pub fn detect(limits: Limits) -> Detected {
-    let mut notes = Vec::new();
-    let base = match own_cgroup_dir() {
+    let base = match own_cgroup_dir().and_then(probe) {
         Ok(base) => base,
         Err(why) => {
-            notes.push(why);
             return Detected {
                 cgroups: None,
-                notes,
-            };
+                notes: vec![why.to_string()],
+            }
         }
     };
-    // A probe child shows at once whether we may create cgroups here and
-    // whether the kernel has cgroup.kill.
-    let probe = base.join(format!("flo-probe-{}", std::process::id()));
-    let probed = fs::create_dir(&probe).and_then(|()| {
-        let has_kill = probe.join("cgroup.kill").exists();
-        fs::remove_dir(&probe)?;
-        Ok(has_kill)
-    });
-    match probed {
-        Ok(true) => {}
-        Ok(false) => {
-            notes.push(format!(
-                "cgroup {} has no cgroup.kill (Linux 5.14+ needed)",
-                base.display()
-            ));
-            return Detected {
-                cgroups: None,
-                notes,
-            };
-        }
-        Err(e) => {
-            notes.push(format!(
-                "cannot create cgroups in {} ({e}): not delegated to this user",
-                base.display()
-            ));
-            return Detected {
-                cgroups: None,
-                notes,
-            };
-        }
-    }
     remove_stale(&base);
+    let mut notes = Vec::new();
     let limits = match enable_controllers(&base, &limits) {
         Ok(()) => limits,
         Err(why) => {
@@ -118,6 +148,22 @@ pub fn detect(limits: Limits) -> Detected {
             next: AtomicU64::new(0),
         }),
         notes,
+    }
+}
+
+/// A probe child shows at once whether we may create cgroups in `base` and
+/// whether the kernel has cgroup.kill. Returns `base` when both hold.
+fn probe(base: PathBuf) -> Result<PathBuf, CgroupError> {
+    let probe = base.join(format!("flo-probe-{}", std::process::id()));
+    let probed = fs::create_dir(&probe).and_then(|()| {
+        let has_kill = probe.join("cgroup.kill").exists();
+        fs::remove_dir(&probe)?;
+        Ok(has_kill)
+    });
+    match probed {
+        Ok(true) => Ok(base),
+        Ok(false) => Err(CgroupError::NoKill(base)),
+        Err(source) => Err(CgroupError::NotDelegated { base, source }),
     }
 }
 
@@ -149,9 +195,10 @@ fn remove_stale(base: &Path) {
 
 /// The directory of this process's cgroup v2, from /proc/self/mountinfo
 /// and /proc/self/cgroup.
-fn own_cgroup_dir() -> Result<PathBuf, String> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+fn own_cgroup_dir() -> Result<PathBuf, CgroupError> {
+    let proc = |path: &'static str| move |source| CgroupError::Proc { path, source };
+    let mountinfo =
+        fs::read_to_string("/proc/self/mountinfo").map_err(proc("/proc/self/mountinfo"))?;
     // "id parent major:minor root mountpoint options... - fstype source ..."
     let (root, mountpoint) = mountinfo
         .lines()
@@ -163,26 +210,27 @@ fn own_cgroup_dir() -> Result<PathBuf, String> {
             let f: Vec<&str> = left.split_whitespace().collect();
             Some((f.get(3)?.to_string(), f.get(4)?.to_string()))
         })
-        .ok_or_else(|| "no cgroup v2 filesystem is mounted".to_string())?;
+        .ok_or(CgroupError::NotMounted)?;
     let own = super::procfs::cgroup_of("self")
-        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?
-        .ok_or_else(|| "this process is in no cgroup v2".to_string())?;
-    let relative = Path::new(&own)
-        .strip_prefix(&root)
-        .map_err(|_| format!("own cgroup {own} is outside the cgroup2 mount's root {root}"))?;
+        .map_err(proc("/proc/self/cgroup"))?
+        .ok_or(CgroupError::NotInOne)?;
+    let relative = match Path::new(&own).strip_prefix(&root) {
+        Ok(relative) => relative,
+        Err(_) => return Err(CgroupError::OutsideMount { own, root }),
+    };
     Ok(Path::new(&mountpoint).join(relative))
 }
 
 /// Makes the limits' controllers available to children of `base`, moving the
 /// runner into a leaf of its own first when `base` is not the root.
-fn enable_controllers(base: &Path, limits: &Limits) -> Result<(), String> {
+fn enable_controllers(base: &Path, limits: &Limits) -> Result<(), CgroupError> {
     let wanted = limits.controllers();
     if wanted.is_empty() {
         return Ok(());
     }
     let read = |name: &str| {
         let path = base.join(name);
-        fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+        fs::read_to_string(&path).map_err(|source| CgroupFileError { path, source })
     };
     let available = read("cgroup.controllers")?;
     let missing: Vec<&str> = wanted
@@ -191,12 +239,11 @@ fn enable_controllers(base: &Path, limits: &Limits) -> Result<(), String> {
         .filter(|c| !available.split_whitespace().any(|a| a == *c))
         .collect();
     if !missing.is_empty() {
-        return Err(format!(
-            "controller(s) {} not available in {} (cgroup.controllers: {:?})",
-            missing.join(", "),
-            base.display(),
-            available.trim()
-        ));
+        return Err(CgroupError::Unavailable {
+            missing,
+            base: base.to_path_buf(),
+            available: available.trim().to_string(),
+        });
     }
     let enabled = read("cgroup.subtree_control")?;
     let to_enable: Vec<String> = wanted
@@ -209,29 +256,31 @@ fn enable_controllers(base: &Path, limits: &Limits) -> Result<(), String> {
     }
     // The root cgroup is exempt from the rule; any other must be empty.
     if base.join("cgroup.kill").exists() {
-        let leaf = base.join(RUNNER_LEAF);
-        match fs::create_dir(&leaf) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("cannot create {}: {e}", leaf.display())),
-        }
-        write_file(
-            &leaf.join("cgroup.procs"),
-            std::process::id().to_string().as_bytes(),
-        )
-        .map_err(|e| format!("cannot move the runner into {}: {e}", leaf.display()))?;
+        move_into_leaf(base)?;
     }
     write_file(
         &base.join("cgroup.subtree_control"),
         to_enable.join(" ").as_bytes(),
     )
-    .map_err(|e| {
-        format!(
-            "cannot enable {} in {}/cgroup.subtree_control ({e}; other processes in that cgroup prevent it)",
-            to_enable.join(" "),
-            base.display()
-        )
+    .map_err(|source| CgroupError::Enable {
+        enable: to_enable,
+        base: base.to_path_buf(),
+        source,
     })
+}
+
+/// Moves the runner into [`RUNNER_LEAF`] under `base`, so that `base` has no
+/// processes of its own and may hand controllers to its children.
+fn move_into_leaf(base: &Path) -> Result<(), CgroupError> {
+    let leaf = base.join(RUNNER_LEAF);
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(CgroupError::CreateLeaf { path: leaf, source }),
+    }
+    let pid = std::process::id().to_string();
+    write_file(&leaf.join("cgroup.procs"), pid.as_bytes())
+        .map_err(|source| CgroupError::MoveRunner { leaf, source })
 }
 
 fn write_file(path: &Path, value: &[u8]) -> io::Result<()> {
@@ -249,7 +298,7 @@ impl Cgroups {
     }
 
     /// A new cgroup for one execution (`label` is its id), limits written.
-    pub fn create(&self, label: &str) -> io::Result<ExecCgroup> {
+    pub fn create(&self, label: &str) -> Result<ExecCgroup, CgroupFileError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let safe: String = label
             .chars()
@@ -265,13 +314,13 @@ impl Cgroups {
         let path = self
             .base
             .join(format!("flo-exec-{}-{n}-{safe}", std::process::id()));
-        fs::create_dir(&path).map_err(|e| at(&path, e))?;
+        fs::create_dir(&path).map_err(at(&path))?;
         let cgroup = ExecCgroup::open(path)?;
-        let limit = |file: &str, value: Option<u64>| -> io::Result<()> {
+        let limit = |file: &str, value: Option<u64>| -> Result<(), CgroupFileError> {
             match value {
                 Some(v) => {
                     let p = cgroup.path.join(file);
-                    write_file(&p, v.to_string().as_bytes()).map_err(|e| at(&p, e))
+                    write_file(&p, v.to_string().as_bytes()).map_err(at(&p))
                 }
                 None => Ok(()),
             }
@@ -286,8 +335,9 @@ impl Cgroups {
     }
 }
 
-fn at(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+fn at(path: &Path) -> impl FnOnce(io::Error) -> CgroupFileError {
+    let path = path.to_path_buf();
+    move |source| CgroupFileError { path, source }
 }
 
 /// One execution's cgroup.
@@ -300,13 +350,13 @@ pub struct ExecCgroup {
 }
 
 impl ExecCgroup {
-    fn open(path: PathBuf) -> io::Result<Self> {
+    fn open(path: PathBuf) -> Result<Self, CgroupFileError> {
         let procs_path = path.join("cgroup.procs");
         // std opens with O_CLOEXEC: the executor does not inherit it.
         let procs = OpenOptions::new()
             .write(true)
             .open(&procs_path)
-            .map_err(|e| at(&procs_path, e))?;
+            .map_err(at(&procs_path))?;
         Ok(Self {
             path,
             procs: Arc::new(OwnedFd::from(procs)),
@@ -328,7 +378,7 @@ impl ExecCgroup {
     }
 
     /// SIGKILL to everything in it, atomically against forks.
-    pub fn kill(&self) -> io::Result<()> {
+    pub fn kill(&self) -> Result<(), CgroupFileError> {
         kill(&self.path)
     }
 
@@ -345,9 +395,9 @@ pub fn members(path: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-pub fn kill(path: &Path) -> io::Result<()> {
+pub fn kill(path: &Path) -> Result<(), CgroupFileError> {
     let p = path.join("cgroup.kill");
-    write_file(&p, b"1").map_err(|e| at(&p, e))
+    write_file(&p, b"1").map_err(at(&p))
 }
 
 fn populated(path: &Path) -> bool {

@@ -111,6 +111,20 @@ pub fn init(limits: Limits, mode: crate::config::CgroupMode) {
         cgroups: detected.cgroups,
         live: Mutex::new(HashMap::new()),
     };
+    log_setup(&supervisor, &detected.notes, wanted);
+    if let Err(e) = reaper {
+        log::warn!(
+            "process supervision: {e}; processes that leave an execution's process group and lose their parent cannot be found"
+        );
+    }
+    if SUPERVISOR.set(supervisor).is_err() {
+        log::warn!("process supervision was set up twice; the first setup stays");
+    }
+}
+
+/// The start-up lines: what supervision has (cgroups and their limits, or
+/// why none), and the notes of detection as warnings.
+fn log_setup(supervisor: &Supervisor, notes: &[String], wanted: bool) {
     match &supervisor.cgroups {
         Some(c) => {
             let l = c.limits();
@@ -129,26 +143,14 @@ pub fn init(limits: Limits, mode: crate::config::CgroupMode) {
         }
         None => log::info!(
             "process supervision: no per-execution cgroups ({}); an execution's processes are found by process group, as orphans of this child subreaper, and by {MARKER_ENV}",
-            detected.notes.first().map_or("none found", String::as_str)
+            notes.first().map_or("none found", String::as_str)
         ),
     }
-    for note in detected
-        .notes
-        .iter()
-        .skip(usize::from(supervisor.cgroups.is_none()))
-    {
+    for note in notes.iter().skip(usize::from(supervisor.cgroups.is_none())) {
         log::warn!("process supervision: {note}");
     }
     if wanted && supervisor.cgroups.is_none() {
         log::warn!("execution.memory_max_bytes / execution.pids_max are set but need a writable cgroup v2 subtree: not applied");
-    }
-    if let Err(e) = reaper {
-        log::warn!(
-            "process supervision: {e}; processes that leave an execution's process group and lose their parent cannot be found"
-        );
-    }
-    if SUPERVISOR.set(supervisor).is_err() {
-        log::warn!("process supervision was set up twice; the first setup stays");
     }
 }
 
@@ -169,9 +171,22 @@ pub struct Leftover {
     pub name: String,
 }
 
+/// Why a finished child has no exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum ReapError {
+    #[error("{label}: pid {pid} was already reaped")]
+    AlreadyReaped { label: String, pid: u32 },
+    #[error("waiting for pid {pid} failed: {source}")]
+    Wait {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// What a finished child leaves: its exit status and what was killed.
 pub struct Finished {
-    pub status: io::Result<ExitStatus>,
+    pub status: Result<ExitStatus, ReapError>,
     pub leftovers: Vec<Leftover>,
 }
 
@@ -213,29 +228,7 @@ impl ProcessGroup {
             Some(m) => cmd.env(MARKER_ENV, m),
             None => cmd.env_remove(MARKER_ENV),
         };
-        let cgroup = match (marker, &supervisor().cgroups) {
-            (Some(m), Some(c)) => match c.create(m) {
-                Ok(cg) => Some(cg),
-                Err(e) => {
-                    log::warn!("{label}: runs without a cgroup of its own: {e}");
-                    None
-                }
-            },
-            _ => None,
-        };
-        if let Some(cg) = &cgroup {
-            let procs = cg.procs_fd();
-            // SAFETY: runs in the child between fork and exec; it only calls
-            // write(2) on an fd opened before the fork (async-signal-safe,
-            // no allocation, no lock).
-            unsafe {
-                cmd.pre_exec(move || {
-                    rustix::io::write(&*procs, b"0")
-                        .map(|_| ())
-                        .map_err(io::Error::from)
-                });
-            }
-        }
+        let cgroup = marker.and_then(|m| enter_cgroup(&mut cmd, &label, m));
         let mut child = match reaper::spawn(&mut cmd) {
             Ok(c) => c,
             Err(e) => {
@@ -293,17 +286,14 @@ impl ProcessGroup {
     pub fn wait_exit(&self, limit: Option<Duration>) -> bool {
         let deadline = limit.map(|l| Instant::now() + l);
         if let Some(fd) = &self.pidfd {
-            use rustix::event::{poll, PollFd, PollFlags};
+            use rustix::event::{poll, PollFd, PollFlags, Timespec};
             loop {
-                let timeout = match deadline {
-                    None => -1,
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now()).as_millis();
-                        i32::try_from(left).unwrap_or(i32::MAX)
-                    }
-                };
+                // A deadline too far to express waits without one.
+                let timeout = deadline.and_then(|d| {
+                    Timespec::try_from(d.saturating_duration_since(Instant::now())).ok()
+                });
                 let mut fds = [PollFd::new(fd, PollFlags::IN)];
-                match poll(&mut fds, timeout) {
+                match poll(&mut fds, timeout.as_ref()) {
                     Ok(0) => return false,
                     Ok(_) => return true,
                     Err(rustix::io::Errno::INTR) => continue,
@@ -312,14 +302,14 @@ impl ProcessGroup {
                 }
             }
         }
-        use rustix::process::{waitid, WaitId, WaitidOptions};
+        use rustix::process::{waitid, WaitId, WaitIdOptions};
         let Some(pid) = pid_of(self.leader) else {
             return true;
         };
         loop {
-            let mut options = WaitidOptions::EXITED | WaitidOptions::NOWAIT;
+            let mut options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
             if deadline.is_some() {
-                options |= WaitidOptions::NOHANG;
+                options |= WaitIdOptions::NOHANG;
             }
             match waitid(WaitId::Pid(pid), options) {
                 Ok(Some(_)) => return true,
@@ -345,7 +335,7 @@ impl ProcessGroup {
             return;
         }
         procfs::signal_group(self.leader, signal);
-        if signal == Signal::Kill {
+        if signal == Signal::KILL {
             if let Some(cg) = &self.cgroup {
                 if let Err(e) = cg.kill() {
                     log::warn!("{}: {e}", self.label);
@@ -421,6 +411,30 @@ impl ProcessGroup {
                 leftovers: Vec::new(),
             };
         }
+        let stopped = self.kill_leftovers();
+        let status = self.reap();
+        let leftovers: Vec<Leftover> = stopped
+            .into_iter()
+            .map(|(pid, name)| Leftover { pid, name })
+            .collect();
+        if !leftovers.is_empty() {
+            crate::metrics::global()
+                .leftover_processes_killed
+                .fetch_add(leftovers.len() as u64, Ordering::Relaxed);
+            log::info!(
+                "{}: stopped {} leftover process(es): {}",
+                self.label,
+                leftovers.len(),
+                describe(&leftovers)
+            );
+        }
+        Finished { status, leftovers }
+    }
+
+    /// SIGKILL to what is left of this child until nothing is (after the
+    /// settle time, within [`LEFTOVER_WAIT`]); returns what was killed, by
+    /// pid, with its name.
+    fn kill_leftovers(&self) -> BTreeMap<u32, String> {
         let mut stopped: BTreeMap<u32, String> = BTreeMap::new();
         let settle = Instant::now() + SETTLE;
         let deadline = Instant::now() + LEFTOVER_WAIT;
@@ -445,32 +459,16 @@ impl ProcessGroup {
             }
             for p in &found {
                 stopped.entry(p.pid).or_insert_with(|| p.comm.clone());
-                procfs::signal_verified(p.pid, p.start, Signal::Kill);
+                procfs::signal_verified(p.pid, p.start, Signal::KILL);
             }
             // The leader is a zombie, not reaped: the group id is still ours.
-            procfs::signal_group(self.leader, Signal::Kill);
+            procfs::signal_group(self.leader, Signal::KILL);
             if let Some(cg) = &self.cgroup {
                 let _ = cg.kill();
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let status = self.reap();
-        let leftovers: Vec<Leftover> = stopped
-            .into_iter()
-            .map(|(pid, name)| Leftover { pid, name })
-            .collect();
-        if !leftovers.is_empty() {
-            crate::metrics::global()
-                .leftover_processes_killed
-                .fetch_add(leftovers.len() as u64, Ordering::Relaxed);
-            log::info!(
-                "{}: stopped {} leftover process(es): {}",
-                self.label,
-                leftovers.len(),
-                describe(&leftovers)
-            );
-        }
-        Finished { status, leftovers }
+        stopped
     }
 
     /// The common case, cheaply: as subreaper the runner is the parent of
@@ -516,19 +514,17 @@ impl ProcessGroup {
     }
 
     /// Reaps the leader (once), forgets it, removes its cgroup.
-    fn reap(&self) -> io::Result<ExitStatus> {
+    fn reap(&self) -> Result<ExitStatus, ReapError> {
         let mut guard = crate::sync::lock(&self.child);
         let Some(mut child) = guard.take() else {
-            return Err(io::Error::other(format!(
-                "{}: pid {} was already reaped",
-                self.label, self.leader
-            )));
+            return Err(ReapError::AlreadyReaped {
+                label: self.label.clone(),
+                pid: self.leader,
+            });
         };
-        let status = child.wait().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("waiting for pid {} failed: {e}", self.leader),
-            )
+        let status = child.wait().map_err(|source| ReapError::Wait {
+            pid: self.leader,
+            source,
         });
         drop(guard);
         reaper::release(self.leader);
@@ -540,12 +536,37 @@ impl ProcessGroup {
     }
 }
 
+/// A new cgroup for the execution `marker`, which `cmd`'s child enters
+/// between fork and exec; `None` (logged) without cgroups or when none can
+/// be made.
+fn enter_cgroup(cmd: &mut Command, label: &str, marker: &str) -> Option<cgroup::ExecCgroup> {
+    let cg = match supervisor().cgroups.as_ref()?.create(marker) {
+        Ok(cg) => cg,
+        Err(e) => {
+            log::warn!("{label}: runs without a cgroup of its own: {e}");
+            return None;
+        }
+    };
+    let procs = cg.procs_fd();
+    // SAFETY: runs in the child between fork and exec; it only calls
+    // write(2) on an fd opened before the fork (async-signal-safe, no
+    // allocation, no lock).
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::io::write(&*procs, b"0")
+                .map(|_| ())
+                .map_err(io::Error::from)
+        });
+    }
+    Some(cg)
+}
+
 impl Drop for ProcessGroup {
     /// A group dropped before `finish` (a panic on its owner's thread) must
     /// not leave its processes running or its leader unreaped.
     fn drop(&mut self) {
         if crate::sync::lock(&self.child).is_some() {
-            self.signal(Signal::Kill);
+            self.signal(Signal::KILL);
             let _ = self.finish();
         }
     }
@@ -600,7 +621,7 @@ pub fn stop_orphans() -> usize {
         if !seen.insert(p.pid) {
             continue;
         }
-        if p.alive() && procfs::signal_verified(p.pid, p.start, Signal::Kill) {
+        if p.alive() && procfs::signal_verified(p.pid, p.start, Signal::KILL) {
             found.push(leftover(p));
         }
         stack.extend(children.get(&p.pid).into_iter().flatten());
@@ -629,20 +650,7 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
     if record.boot_id.is_some() && record.boot_id != boot_id() {
         return Vec::new();
     }
-    let mut stopped: BTreeMap<u32, String> = BTreeMap::new();
-    if let Some(path) = &record.cgroup {
-        if cgroup::is_execution_cgroup(path) {
-            for pid in cgroup::members(path) {
-                if let Some(s) = procfs::stat(pid) {
-                    stopped.insert(pid, s.comm);
-                }
-            }
-            if let Err(e) = cgroup::kill(path) {
-                log::warn!("execution {}: {e}", record.execution_id);
-            }
-            cgroup::remove(path);
-        }
-    }
+    let mut stopped = stop_cgroup(record);
     let find = || remains(record, &procfs::snapshot());
     let first = find();
     if !first.is_empty() {
@@ -654,7 +662,7 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
         );
         for p in &first {
             stopped.entry(p.pid).or_insert_with(|| p.comm.clone());
-            procfs::signal_verified(p.pid, p.start, Signal::Term);
+            procfs::signal_verified(p.pid, p.start, Signal::TERM);
         }
         let deadline = Instant::now() + grace;
         let mut left = find();
@@ -669,7 +677,7 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
             }
             for p in &left {
                 stopped.entry(p.pid).or_insert_with(|| p.comm.clone());
-                procfs::signal_verified(p.pid, p.start, Signal::Kill);
+                procfs::signal_verified(p.pid, p.start, Signal::KILL);
             }
             std::thread::sleep(Duration::from_millis(20));
             left = find();
@@ -682,6 +690,29 @@ pub fn stop_remains(record: &Record, grace: Duration) -> Vec<Leftover> {
     crate::metrics::global()
         .leftover_processes_killed
         .fetch_add(stopped.len() as u64, Ordering::Relaxed);
+    stopped
+}
+
+/// `cgroup.kill` on the recorded cgroup of a previous run's execution, if
+/// it is one of ours; returns its members, by pid, with their names.
+fn stop_cgroup(record: &Record) -> BTreeMap<u32, String> {
+    let mut stopped = BTreeMap::new();
+    let Some(path) = record
+        .cgroup
+        .as_deref()
+        .filter(|p| cgroup::is_execution_cgroup(p))
+    else {
+        return stopped;
+    };
+    for pid in cgroup::members(path) {
+        if let Some(s) = procfs::stat(pid) {
+            stopped.insert(pid, s.comm);
+        }
+    }
+    if let Err(e) = cgroup::kill(path) {
+        log::warn!("execution {}: {e}", record.execution_id);
+    }
+    cgroup::remove(path);
     stopped
 }
 
@@ -768,7 +799,7 @@ mod tests {
         assert!(!procfs::stat(expected[0]).is_some_and(|s| s.alive()));
         // The escaped one is ours to clean up in this test either way.
         if let Some(s) = procfs::stat(expected[1]) {
-            procfs::signal_verified(s.pid, s.start, Signal::Kill);
+            procfs::signal_verified(s.pid, s.start, Signal::KILL);
         }
     }
 

@@ -52,7 +52,7 @@ impl Read for Polled {
                 PollFd::new(&self.pipe, PollFlags::IN),
                 PollFd::new(&*self.stop, PollFlags::IN),
             ];
-            match poll(&mut fds, -1) {
+            match poll(&mut fds, None) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -178,9 +178,15 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// std's pipes are close-on-exec, like the executor's.
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let (read, write) = std::io::pipe().expect("a pipe");
+        (read.into(), write.into())
+    }
+
     #[test]
     fn readers_end_by_the_deadline_while_someone_else_holds_the_write_end() {
-        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let (read, write) = pipe();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = {
             let lines = lines.clone();
@@ -207,7 +213,7 @@ mod tests {
 
     #[test]
     fn readers_end_at_once_when_the_pipe_closes() {
-        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let (read, write) = pipe();
         let readers =
             Readers::lines("test", vec![("stdout", read)], Arc::new(|_o: Output| {})).unwrap();
         drop(write);

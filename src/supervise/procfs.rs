@@ -214,9 +214,9 @@ mod tests {
             .expect("sleep");
         let pid = child.id();
         let start = process_start(pid).expect("start");
-        assert!(!signal_verified(pid, start + 1, Signal::Kill));
+        assert!(!signal_verified(pid, start + 1, Signal::KILL));
         assert!(stat(pid).is_some_and(|s| s.alive()));
-        assert!(signal_verified(pid, start, Signal::Kill));
+        assert!(signal_verified(pid, start, Signal::KILL));
         let status = child.wait().expect("wait");
         assert!(!status.success());
     }

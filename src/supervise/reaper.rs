@@ -48,18 +48,27 @@ pub fn active() -> bool {
     ACTIVE.load(Ordering::Relaxed)
 }
 
+/// Why the runner is no child subreaper.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("prctl(PR_SET_CHILD_SUBREAPER): {0}")]
+    Subreaper(#[source] rustix::io::Errno),
+    #[error("cannot start the reaper thread: {0}")]
+    Thread(#[source] io::Error),
+}
+
 /// Makes the runner a child subreaper and starts the reaper thread. Call once,
 /// before the first spawn.
-pub fn start() -> io::Result<()> {
+pub fn start() -> Result<(), StartError> {
     if active() {
         return Ok(());
     }
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
-        .map_err(|e| io::Error::other(format!("prctl(PR_SET_CHILD_SUBREAPER): {e}")))?;
+        .map_err(StartError::Subreaper)?;
     std::thread::Builder::new()
         .name("reaper".into())
         .spawn(reap_orphans)
-        .map_err(|e| io::Error::other(format!("cannot start the reaper thread: {e}")))?;
+        .map_err(StartError::Thread)?;
     ACTIVE.store(true, Ordering::Relaxed);
     Ok(())
 }
@@ -148,13 +157,13 @@ fn reap_orphans() {
 /// Reaps one orphan. The registry is not held: an orphan's pid cannot be
 /// reused before it is reaped, and no owner waits for it.
 fn reap(pid: u32) {
-    use rustix::process::{waitid, WaitId, WaitidOptions};
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
     let Some(raw) = super::procfs::pid_of(pid) else {
         return;
     };
     match waitid(
         WaitId::Pid(raw),
-        WaitidOptions::EXITED | WaitidOptions::NOHANG,
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
     ) {
         Ok(_) => log::debug!("reaped orphan {pid}"),
         // Reaped meanwhile by an owner that released it just now.
