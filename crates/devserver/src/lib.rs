@@ -37,7 +37,7 @@ pub fn dispatch(app: &App, incoming: &Incoming) -> Reply {
 
 /// The whole `flo-devserver` program; returns the exit code. Errors are one
 /// line on stderr, never a panic.
-pub fn main(args: &[String]) -> i32 {
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -28,7 +28,8 @@ pub struct TlsFiles {
 }
 
 /// A certificate, key or CA file that cannot be used. `option` is the
-/// command-line option that named the file.
+/// command-line option that named the file. The biggest sources are boxed
+/// to keep every `Result` that carries this small.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{option} {}: cannot read: {source}", path.display())]
@@ -73,7 +74,7 @@ pub enum TlsError {
         /// 1-based, in file order.
         number: usize,
         #[source]
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
     #[error("--tls-client-ca {}: unusable: {source}", path.display())]
     ClientCa {
@@ -93,7 +94,7 @@ pub enum TlsError {
         cert_option: &'static str,
         cert: PathBuf,
         #[source]
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
     #[error("TLS setup failed: {0}")]
     Setup(#[source] rustls::Error),
@@ -178,7 +179,7 @@ fn trust(
             option,
             path: path.to_path_buf(),
             number: i + 1,
-            source,
+            source: Box::new(source),
         })?;
     }
     Ok(roots)
@@ -215,7 +216,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
                 key: files.key.clone(),
                 cert_option: "--tls-cert",
                 cert: files.cert.clone(),
-                source,
+                source: Box::new(source),
             })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -276,7 +277,7 @@ fn client_cert(cert_path: &Path, key_path: &Path) -> Result<ClientCert, TlsError
         key: key_path.to_path_buf(),
         cert_option: "--client-cert",
         cert: cert_path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(ClientCert::new_with_certs(&chain, ureq_key))
 }
