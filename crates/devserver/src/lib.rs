@@ -9,7 +9,8 @@
 //! on [`state`] behind one mutex in [`app`]. [`faults`] decides injected
 //! failures, [`auth`] checks signatures, [`client`] is the admin client the
 //! subcommands use. [`tls`] puts HTTPS (optionally with required client
-//! certificates) in front of [`server`].
+//! certificates) in front of [`server`]; its `config` builds the server's and
+//! the admin client's TLS settings from the certificate files.
 
 pub mod admin;
 pub mod app;

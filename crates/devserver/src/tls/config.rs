@@ -124,10 +124,7 @@ fn read(path: &Path, option: &'static str) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Every certificate in a PEM file; an error when there is none.
-pub fn load_certs(
-    path: &Path,
-    option: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn load_certs(path: &Path, option: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path, option)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -146,7 +143,7 @@ pub fn load_certs(
 }
 
 /// The first private key in a PEM file.
-pub fn load_key(path: &Path, option: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+fn load_key(path: &Path, option: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
     parse_key(&read(path, option)?, path, option)
 }
 
@@ -280,4 +277,67 @@ fn client_cert(cert_path: &Path, key_path: &Path) -> Result<ClientCert, TlsError
         source: Box::new(source),
     })?;
     Ok(ClientCert::new_with_certs(&chain, ureq_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed CA certificate and its key, as PEM files in `dir`.
+    fn ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        fs::write(&cert_path, cert.pem()).unwrap();
+        fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    #[test]
+    fn the_admin_client_takes_a_ca_and_a_matching_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca(dir.path(), "a");
+        let config = client_config(Some(&cert), Some((&cert, &key))).unwrap();
+        assert!(config.client_cert().is_some());
+        match config.root_certs() {
+            RootCerts::Specific(roots) => {
+                assert_eq!(
+                    roots.len(),
+                    webpki_root_certs::TLS_SERVER_ROOT_CERTS.len() + 1
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_named_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = ca(dir.path(), "a");
+        let (_, other_key) = ca(dir.path(), "b");
+        let e = client_config(None, Some((&cert, &other_key))).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, TlsError::KeyMismatch { .. }), "{text}");
+        assert!(
+            text.contains("--client-key") && text.contains("b.key"),
+            "{text}"
+        );
+        assert!(text.contains("does not belong"), "{text}");
+    }
+
+    #[test]
+    fn a_file_without_a_key_says_what_it_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = ca(dir.path(), "a");
+        let e = client_config(None, Some((&cert, &cert))).unwrap_err();
+        assert!(e.to_string().contains("no private key in it"), "{e}");
+        assert!(std::error::Error::source(&e).is_none());
+        let e = load_certs(&dir.path().join("missing.pem"), "--ca-cert").unwrap_err();
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
+    }
 }

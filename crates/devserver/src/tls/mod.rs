@@ -30,7 +30,7 @@ use super::server::InFlight;
 
 mod config;
 
-pub use config::{client_config, load_certs, load_key, server_config, TlsError, TlsFiles};
+pub use config::{client_config, server_config, TlsError, TlsFiles};
 
 /// TLS connections served at once; more are closed at once (logged).
 pub const MAX_CONNECTIONS: usize = 256;
