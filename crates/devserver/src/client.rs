@@ -1,11 +1,12 @@
 //! The one client of the admin API: the CLI subcommands use it, and so does
 //! `flo-testkit` (the integration tests and the benchmarks).
 
-use std::io::Read;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use ureq::http::{self, Response};
+use ureq::tls::TlsConfig;
+use ureq::{Agent, Body};
 
 use super::http::percent_encode_segment;
 
@@ -18,8 +19,12 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the dev server at {url}: {reason}")]
-    Transport { url: String, reason: String },
+    #[error("cannot reach the dev server at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
     #[error("{method} {url} answered {status}: {message}")]
     Status {
         method: String,
@@ -28,32 +33,50 @@ pub enum ClientError {
         message: String,
     },
     #[error("{url} answered something that is not the expected JSON: {reason}")]
-    BadAnswer { url: String, reason: String },
+    BadAnswer {
+        url: String,
+        #[source]
+        reason: BadAnswer,
+    },
+}
+
+/// What is wrong with an answer that arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum BadAnswer {
+    #[error("{0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("no \"id\" in the answer")]
+    NoId,
+    #[error("expected an array, got {0}")]
+    NotAnArray(Value),
 }
 
 pub struct Client {
     base: String,
-    agent: ureq2::Agent,
+    agent: Agent,
 }
 
 impl Client {
     /// `base` is the server URL, e.g. `http://127.0.0.1:8080`.
     pub fn new(base: &str) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            agent: ureq2::AgentBuilder::new().timeout(TIMEOUT).build(),
-        }
+        Self::with_tls(base, TlsConfig::default())
     }
 
     /// For an `https://` server: `tls` says which CAs to trust and which
     /// client certificate to present (see [`super::tls::client_config`]).
-    pub fn with_tls(base: &str, tls: Arc<rustls::ClientConfig>) -> Self {
+    pub fn with_tls(base: &str, tls: TlsConfig) -> Self {
+        let config = Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            // 4xx and 5xx carry the server's `{"error": "..."}`, read below.
+            .http_status_as_error(false)
+            // The dev server is local, and this client never went through
+            // the proxy variables (ureq 3 reads them by default).
+            .proxy(None)
+            .tls_config(tls)
+            .build();
         Self {
             base: base.trim_end_matches('/').to_string(),
-            agent: ureq2::AgentBuilder::new()
-                .timeout(TIMEOUT)
-                .tls_config(tls)
-                .build(),
+            agent: config.new_agent(),
         }
     }
 
@@ -70,55 +93,50 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
-        let request = self.agent.request(method, &url);
-        let answer = match body {
-            Some(b) => request
-                .set("Content-Type", "application/json")
-                .send_string(&b.to_string()),
-            None => request.call(),
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
         };
-        let response = match answer {
-            Ok(r) => r,
-            Err(ureq2::Error::Status(status, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                // The server's errors are `{"error": "..."}`; show just the why.
-                let message = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-                    .unwrap_or(text);
-                return Err(ClientError::Status {
-                    method: method.to_string(),
-                    url,
-                    status,
-                    message,
-                });
-            }
-            Err(ureq2::Error::Transport(t)) => {
-                // ureq puts the URL in front; it is already in our message.
-                let full = t.to_string();
-                let reason = full
-                    .strip_prefix(&format!("{url}: "))
-                    .unwrap_or(&full)
-                    .to_string();
-                return Err(ClientError::Transport { url, reason });
-            }
-        };
-        let mut text = Vec::new();
-        response
-            .into_reader()
-            .take(MAX_ANSWER_BYTES)
-            .read_to_end(&mut text)
-            .map_err(|e| ClientError::Transport {
+        let mut response = self.send(method, &url, body).map_err(transport)?;
+        let status = response.status();
+        if status.is_client_error() || status.is_server_error() {
+            return Err(ClientError::Status {
+                method: method.to_string(),
                 url: url.clone(),
-                reason: e.to_string(),
-            })?;
+                status: status.as_u16(),
+                message: error_message(response.body_mut()),
+            });
+        }
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()
+            .map_err(transport)?;
         if text.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&text).map_err(|e| ClientError::BadAnswer {
             url,
-            reason: e.to_string(),
+            reason: BadAnswer::NotJson(e),
         })
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Response<Body>, ureq::Error> {
+        let request = http::Request::builder().method(method).uri(url);
+        match body {
+            Some(b) => self.agent.run(
+                request
+                    .header("Content-Type", "application/json")
+                    .body(b.to_string())?,
+            ),
+            None => self.agent.run(request.body(())?),
+        }
     }
 
     pub fn execution_path(id: &str) -> String {
@@ -132,7 +150,7 @@ impl Client {
             Some(id) => Ok(id.to_string()),
             None => Err(ClientError::BadAnswer {
                 url: format!("{}/admin/executions", self.base),
-                reason: "no \"id\" in the answer".to_string(),
+                reason: BadAnswer::NoId,
             }),
         }
     }
@@ -173,8 +191,18 @@ impl Client {
             Value::Array(items) => Ok(items),
             other => Err(ClientError::BadAnswer {
                 url: format!("{}{path}", self.base),
-                reason: format!("expected an array, got {other}"),
+                reason: BadAnswer::NotAnArray(other),
             }),
         }
     }
+}
+
+/// The why of an error answer: the server's errors are `{"error": "..."}`;
+/// anything else is shown as it is.
+fn error_message(body: &mut Body) -> String {
+    let text = body.read_to_string().unwrap_or_default();
+    serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or(text)
 }

@@ -9,7 +9,8 @@
 //! on [`state`] behind one mutex in [`app`]. [`faults`] decides injected
 //! failures, [`auth`] checks signatures, [`client`] is the admin client the
 //! subcommands use. [`tls`] puts HTTPS (optionally with required client
-//! certificates) in front of [`server`].
+//! certificates) in front of [`server`]; its `config` builds the server's and
+//! the admin client's TLS settings from the certificate files.
 
 pub mod admin;
 pub mod app;
@@ -37,7 +38,7 @@ pub fn dispatch(app: &App, incoming: &Incoming) -> Reply {
 
 /// The whole `flo-devserver` program; returns the exit code. Errors are one
 /// line on stderr, never a panic.
-pub fn main(args: &[String]) -> i32 {
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

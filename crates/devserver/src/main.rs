@@ -2,6 +2,5 @@
 //! `flo_devserver` library; this is only the process entry point.
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(flo_devserver::main(&args));
+    std::process::exit(flo_devserver::main(std::env::args_os().skip(1)));
 }

@@ -17,22 +17,20 @@
 //! and requests are logged with the real client address.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
 
 use super::server::InFlight;
+
+mod config;
+
+pub use config::{client_config, server_config, TlsError, TlsFiles};
 
 /// TLS connections served at once; more are closed at once (logged).
 pub const MAX_CONNECTIONS: usize = 256;
@@ -48,151 +46,6 @@ const IDLE_CHECK: Duration = Duration::from_secs(30);
 const BUFFER_BYTES: usize = 16 * 1024;
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// The certificate files given to `serve`.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// PEM certificate chain, leaf first (`--tls-cert`).
-    pub cert: PathBuf,
-    /// PEM private key: PKCS#8, PKCS#1 or SEC1 (`--tls-key`).
-    pub key: PathBuf,
-    /// PEM CA certificate(s); when set, clients must present a certificate
-    /// signed by one of them (`--tls-client-ca`).
-    pub client_ca: Option<PathBuf>,
-}
-
-/// A certificate, key or CA file that cannot be used; the message names the
-/// option and the file.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsError(pub String);
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read(path: &Path, option: &str) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|e| TlsError(format!("{option} {}: cannot read: {e}", path.display())))
-}
-
-/// Every certificate in a PEM file; an error when there is none.
-pub fn load_certs(path: &Path, option: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path, option)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError(format!("{option} {}: not valid PEM: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError(format!(
-            "{option} {}: no certificate in it (expected a PEM \"BEGIN CERTIFICATE\" block)",
-            path.display()
-        )));
-    }
-    Ok(certs)
-}
-
-/// The first private key in a PEM file.
-pub fn load_key(path: &Path, option: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path, option)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        let why = match e {
-            rustls_pki_types::pem::Error::NoItemsFound => "no private key in it (expected a PEM \
-                 \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block)"
-                .to_string(),
-            other => format!("not valid PEM: {other}"),
-        };
-        TlsError(format!("{option} {}: {why}", path.display()))
-    })
-}
-
-/// The CA certificates in a PEM file, as trust anchors.
-fn load_roots(path: &Path, option: &str) -> Result<RootCertStore, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for (i, cert) in load_certs(path, option)?.into_iter().enumerate() {
-        roots.add(cert).map_err(|e| {
-            TlsError(format!(
-                "{option} {}: certificate {} cannot be used as a CA: {e}",
-                path.display(),
-                i + 1
-            ))
-        })?;
-    }
-    Ok(roots)
-}
-
-/// The rustls server configuration for `serve`: the certificate chain and
-/// key, HTTP/1.1 by ALPN, and (with a client CA) required client
-/// certificates verified against that CA.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = load_certs(&files.cert, "--tls-cert")?;
-    let key = load_key(&files.key, "--tls-key")?;
-    let provider = provider();
-    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?;
-    let builder = match &files.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let roots = load_roots(ca, "--tls-client-ca")?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| {
-                    TlsError(format!("--tls-client-ca {}: unusable: {e}", ca.display()))
-                })?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        let why = match e {
-            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                "the key does not belong to the (first) certificate".to_string()
-            }
-            other => other.to_string(),
-        };
-        TlsError(format!(
-            "--tls-key {} with --tls-cert {}: {why}",
-            files.key.display(),
-            files.cert.display()
-        ))
-    })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// A client configuration for the admin subcommands: the public web roots
-/// plus `ca` (a private CA, PEM), and a client certificate when given.
-pub fn client_config(
-    ca: Option<&Path>,
-    identity: Option<(&Path, &Path)>,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(ca) = ca {
-        for cert in load_roots(ca, "--ca-cert")?.roots {
-            roots.roots.push(cert);
-        }
-    }
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                load_certs(cert, "--client-cert")?,
-                load_key(key, "--client-key")?,
-            )
-            .map_err(|e| {
-                TlsError(format!(
-                    "--client-key {} with --client-cert {}: {e}",
-                    key.display(),
-                    cert.display()
-                ))
-            })?,
-    };
-    Ok(Arc::new(config))
-}
 
 /// The open relays: the address of a relay's connection to the internal
 /// server (as the internal server sees it) → the TLS client's address.
