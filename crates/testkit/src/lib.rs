@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub use bins::{devserver_bin, executor_path, noop_executor_path, runner_bin};
-pub use process::{alive, mode, peak_rss_kib, script_executor};
+pub use process::{alive, cpu_secs, mode, peak_rss_kib, sched_ns, script_executor, status_kib};
 pub use results::{
     completed, execution_requests, lines_received, only_result, read_json, state_of,
 };
