@@ -145,7 +145,13 @@ impl Runner {
         assert!(self.child.is_none(), "restart: the runner is still running");
         let mut cmd = setup.command(self.dir.path());
         let spawned = Instant::now();
-        self.child = Some(cmd.spawn().expect("start flo-runner"));
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "start flo-runner {}: {e}",
+                cmd.get_program().to_string_lossy()
+            )
+        });
+        self.child = Some(child);
         spawned
     }
 
