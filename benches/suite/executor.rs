@@ -72,54 +72,11 @@ pub fn noop_trigger() -> Value {
 /// input files at 0600), runs the executor with the runner's argument list,
 /// reaps it and reads `state.json`. Returns the time from spawn to reap, ms.
 pub fn run_directly(root: &Path, n: usize, files: &ExecFiles) -> Res<f64> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    use std::os::unix::process::CommandExt;
     let flo = format!("flo-{}", n % 16);
     let id = format!("exec-{n:08}");
     let dir = root.join(&flo).join(&id);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(&dir)
-        .map_err(|e| e.to_string())?;
-    for (name, bytes) in [
-        ("execution.flow", &files.flow),
-        ("trigger-data.json", &files.trigger),
-        ("context.json", &files.context),
-    ] {
-        use std::io::Write;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join(name))
-            .map_err(|e| e.to_string())?;
-        f.write_all(bytes).map_err(|e| e.to_string())?;
-    }
-    let mut cmd = Command::new(noop());
-    cmd.args([
-        "--output",
-        "json",
-        "--path",
-        "execution.flow",
-        "--entry",
-        "",
-    ])
-    .args(["--id", &id, "--flow", &flo, "--api", "http://127.0.0.1:1"])
-    .args([
-        "--runner",
-        "bench-runner",
-        "--trigger-data",
-        "trigger-data.json",
-    ])
-    .args(["--context", "context.json", "--key"])
-    .arg(root.join("flomation-runner.pem"))
-    .current_dir(&dir)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
+    prepare(&dir, files)?;
+    let mut cmd = command(root, &dir, &flo, &id);
     let t0 = Instant::now();
     let child = cmd
         .spawn()
@@ -134,6 +91,62 @@ pub fn run_directly(root: &Path, n: usize, files: &ExecFiles) -> Res<f64> {
         return Err("empty state.json".into());
     }
     Ok(took)
+}
+
+/// The execution directory with its input files, as the runner makes them.
+fn prepare(dir: &Path, files: &ExecFiles) -> Res<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| e.to_string())?;
+    for (name, bytes) in [
+        ("execution.flow", &files.flow),
+        ("trigger-data.json", &files.trigger),
+        ("context.json", &files.context),
+    ] {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(name))
+            .map_err(|e| e.to_string())?;
+        f.write_all(bytes).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The executor's command line as the runner's, output piped, in a process
+/// group of its own.
+fn command(root: &Path, dir: &Path, flo: &str, id: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(noop());
+    cmd.args([
+        "--output",
+        "json",
+        "--path",
+        "execution.flow",
+        "--entry",
+        "",
+    ])
+    .args(["--id", id, "--flow", flo, "--api", "http://127.0.0.1:1"])
+    .args([
+        "--runner",
+        "bench-runner",
+        "--trigger-data",
+        "trigger-data.json",
+    ])
+    .args(["--context", "context.json", "--key"])
+    .arg(root.join("flomation-runner.pem"))
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    cmd
 }
 
 /// `{runner}/executions/{flo}/{id}` of some execution (the executions

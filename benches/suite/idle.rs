@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use flo_testkit::{cpu_secs, sched_ns, status_kib};
+use flo_testkit::{cpu_secs, sched_ns, status_kib, Runner};
 use serde::Serialize;
 
 use crate::plan::Plan;
@@ -51,18 +51,11 @@ pub fn run(plan: &Plan) -> Res<IdleResult> {
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(plan.idle_secs));
     let window = t0.elapsed().as_secs_f64();
-    let (mut rss, mut cpu_ticks, mut cpu_sched) = (Vec::new(), Vec::new(), Vec::new());
-    for (r, (c0, s0)) in runners.iter().zip(&start) {
-        let pid = r.pid();
-        let (c1, s1) = (cpu_secs(pid), sched_ns(pid));
-        rss.push(status_kib(pid, "VmRSS").ok_or("no VmRSS")? as f64 / 1024.0);
-        if let (Some(a), Some(b)) = (c0, c1) {
-            cpu_ticks.push(b - a);
-        }
-        if let (Some(a), Some(b)) = (s0, s1) {
-            cpu_sched.push((b - a) as f64 / 1e9);
-        }
-    }
+    let Samples {
+        rss,
+        cpu_ticks,
+        cpu_sched,
+    } = sample(&runners, &start)?;
     let requests = server.requests_after(seq0)?;
     let polls = requests.iter().filter(|r| r.route == "poll").count();
     for r in &mut runners {
@@ -93,6 +86,34 @@ pub fn run(plan: &Plan) -> Res<IdleResult> {
         },
         pass_rss: rss_s.median <= 6.0,
         pass_cpu: per_60s <= 0.03,
+    })
+}
+
+/// Each runner's RSS (MiB) at the end of the window, and its CPU time (s)
+/// over it by both counts.
+struct Samples {
+    rss: Vec<f64>,
+    cpu_ticks: Vec<f64>,
+    cpu_sched: Vec<f64>,
+}
+
+fn sample(runners: &[Runner], start: &[(Option<f64>, Option<u64>)]) -> Res<Samples> {
+    let (mut rss, mut cpu_ticks, mut cpu_sched) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, (c0, s0)) in runners.iter().zip(start) {
+        let pid = r.pid();
+        let (c1, s1) = (cpu_secs(pid), sched_ns(pid));
+        rss.push(status_kib(pid, "VmRSS").ok_or("no VmRSS")? as f64 / 1024.0);
+        if let (Some(a), Some(b)) = (c0, c1) {
+            cpu_ticks.push(b - a);
+        }
+        if let (Some(a), Some(b)) = (s0, s1) {
+            cpu_sched.push((b - a) as f64 / 1e9);
+        }
+    }
+    Ok(Samples {
+        rss,
+        cpu_ticks,
+        cpu_sched,
     })
 }
 

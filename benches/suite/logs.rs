@@ -96,59 +96,68 @@ pub fn printing(lines: u64) -> Value {
 pub fn run(plan: &Plan) -> Res<LogsResult> {
     let server = Server::start()?;
     let mut runner = runner::start_settled(&server, 1)?;
-    let pid = runner.pid();
     let lines = plan.log_lines;
-    let flow = printing(lines);
-    let (mut per_req, mut cpu, mut walls, mut delivered_all) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut all_in_order, mut dropped_total, mut unexplained_total, mut requests_total) =
-        (true, 0u64, 0u64, 0u64);
-    for _ in 0..plan.log_rounds {
-        let seq0 = server.max_seq()?;
-        let c0 = cpu_secs(pid).ok_or("no /proc stat")?;
-        let enqueued = server.enqueue(&flow, &Value::Null)?;
-        let id = enqueued.id.as_str();
-        server.wait_listed_completed(id, Duration::from_secs(300), Duration::from_millis(20))?;
-        let c1 = cpu_secs(pid).ok_or("no /proc stat")?;
-        let e = server.execution(id)?;
-        let records = server.requests_after(seq0)?;
-        let result_at = records
-            .iter()
-            .filter(|r| r.is("result", id))
-            .map(|r| server.to_bench(r.at_ms))
-            .fold(f64::NEG_INFINITY, f64::max);
-        let log_requests = records.iter().filter(|r| r.is("logs", id)).count() as u64;
-        let got = e["logs"].as_array().cloned().unwrap_or_default();
-        let d = check_lines(&got, lines, LINE_BYTES);
-        let batches = e["log_batches"].as_u64().unwrap_or(0).max(1);
-        per_req.push((got.len() as f64) / batches as f64);
-        cpu.push((c1 - c0) * 1000.0 * 100_000.0 / lines as f64);
-        walls.push((result_at - enqueued.sent) / 1000.0);
-        delivered_all.push(d.delivered as f64);
-        all_in_order &= d.in_order;
-        dropped_total += d.dropped;
-        unexplained_total += d.unexplained;
-        requests_total += log_requests;
-    }
+    let rounds = (0..plan.log_rounds)
+        .map(|_| round(&server, runner.pid(), lines))
+        .collect::<Res<Vec<Round>>>()?;
     runner.stop();
-    let p = Stats::of(&per_req).ok_or("no rounds")?;
+    let all = |f: fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let total = |f: fn(&Round) -> u64| rounds.iter().map(f).sum::<u64>();
+    let in_order = rounds.iter().all(|r| r.delivery.in_order);
+    let dropped = total(|r| r.delivery.dropped);
+    let unexplained = total(|r| r.delivery.unexplained);
+    let p = Stats::of(&all(|r| r.per_request)).ok_or("no rounds")?;
     Ok(LogsResult {
         lines_printed_per_round: lines,
         line_bytes: LINE_BYTES,
         rounds: plan.log_rounds,
         lines_per_request: p,
-        lines_delivered: Stats::of(&delivered_all),
-        lines_dropped_by_runner_total: dropped_total,
-        lines_missing_unexplained_total: unexplained_total,
-        in_order: all_in_order,
-        log_requests_total: requests_total,
-        runner_cpu_ms_per_100k_lines: Stats::of(&cpu),
-        enqueue_to_result_s: Stats::of(&walls),
+        lines_delivered: Stats::of(&all(|r| r.delivery.delivered as f64)),
+        lines_dropped_by_runner_total: dropped,
+        lines_missing_unexplained_total: unexplained,
+        in_order,
+        log_requests_total: total(|r| r.log_requests),
+        runner_cpu_ms_per_100k_lines: Stats::of(&all(|r| r.cpu_ms_per_100k)),
+        enqueue_to_result_s: Stats::of(&all(|r| r.enqueue_to_result_s)),
         target: Target {
             lines_per_request: 100,
             every_line_in_order: true,
         },
-        pass: p.median >= 100.0 && all_in_order && dropped_total == 0 && unexplained_total == 0,
+        pass: p.median >= 100.0 && in_order && dropped == 0 && unexplained == 0,
+    })
+}
+
+/// One execution printing `lines` lines, as the runner with `pid` ran it.
+struct Round {
+    per_request: f64,
+    cpu_ms_per_100k: f64,
+    enqueue_to_result_s: f64,
+    delivery: Delivery,
+    log_requests: u64,
+}
+
+fn round(server: &Server, pid: i32, lines: u64) -> Res<Round> {
+    let seq0 = server.max_seq()?;
+    let c0 = cpu_secs(pid).ok_or("no /proc stat")?;
+    let enqueued = server.enqueue(&printing(lines), &Value::Null)?;
+    let id = enqueued.id.as_str();
+    server.wait_listed_completed(id, Duration::from_secs(300), Duration::from_millis(20))?;
+    let c1 = cpu_secs(pid).ok_or("no /proc stat")?;
+    let e = server.execution(id)?;
+    let records = server.requests_after(seq0)?;
+    let result_at = records
+        .iter()
+        .filter(|r| r.is("result", id))
+        .map(|r| server.to_bench(r.at_ms))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let got = e["logs"].as_array().cloned().unwrap_or_default();
+    let batches = e["log_batches"].as_u64().unwrap_or(0).max(1);
+    Ok(Round {
+        per_request: (got.len() as f64) / batches as f64,
+        cpu_ms_per_100k: (c1 - c0) * 1000.0 * 100_000.0 / lines as f64,
+        enqueue_to_result_s: (result_at - enqueued.sent) / 1000.0,
+        delivery: check_lines(&got, lines, LINE_BYTES),
+        log_requests: records.iter().filter(|r| r.is("logs", id)).count() as u64,
     })
 }
 

@@ -113,17 +113,7 @@ fn recalibrate(server: &mut Server) -> Res<f64> {
 fn analyse(server: &Server, samples: &[Sample], records: &[Record]) -> Res<OverheadResult> {
     let direct: Vec<f64> = samples.iter().map(|s| s.executor_alone).collect();
     let exec_median = Stats::of(&direct).map_or(0.0, |s| s.median);
-    let mut by_id: HashMap<&str, (Option<&Record>, Option<&Record>)> = HashMap::new();
-    for r in records {
-        if let Some(id) = r.execution() {
-            let e = by_id.entry(id).or_default();
-            match r.route.as_str() {
-                "state" if e.0.is_none() => e.0 = Some(r),
-                "result" if e.1.is_none() => e.1 = Some(r),
-                _ => {}
-            }
-        }
-    }
+    let by_id = claims_and_results(records);
     let polls: Vec<&Record> = records.iter().filter(|r| r.route == "poll").collect();
     let (mut total_ms, mut overhead, mut to_claim, mut after_claim) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -171,6 +161,22 @@ fn analyse(server: &Server, samples: &[Sample], records: &[Record]) -> Res<Overh
         },
         pass: o.median <= 5.0 && o.p95 <= 20.0,
     })
+}
+
+/// Each execution's first claim (`/state`) and first result.
+fn claims_and_results(records: &[Record]) -> HashMap<&str, (Option<&Record>, Option<&Record>)> {
+    let mut by_id: HashMap<&str, (Option<&Record>, Option<&Record>)> = HashMap::new();
+    for r in records {
+        if let Some(id) = r.execution() {
+            let e = by_id.entry(id).or_default();
+            match r.route.as_str() {
+                "state" if e.0.is_none() => e.0 = Some(r),
+                "result" if e.1.is_none() => e.1 = Some(r),
+                _ => {}
+            }
+        }
+    }
+    by_id
 }
 
 /// The Go runner's enqueue → result and CPU per execution (the figures).

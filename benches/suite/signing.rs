@@ -24,31 +24,11 @@ pub struct SigningResult {
 }
 
 pub fn run(plan: &Plan, key: &RsaPrivateKey) -> Res<SigningResult> {
-    let messages: Vec<Vec<u8>> = (0..64)
-        .map(|i| {
-            json!({"id": format!("exec-{i}"), "flow_id": "f", "status": 0, "duration": i,
-                   "billing_duration": i, "outputs": {}, "logs": "x".repeat(200)})
-            .to_string()
-            .into_bytes()
-        })
-        .collect();
+    let messages = messages();
     let ring_signer = Signer::new(key);
     let rsa_signer = rsa::pss::SigningKey::<Sha256>::new(key.clone());
     let mut rng = rand::thread_rng();
-    // Both produce signatures the dev server (Go semantics) accepts.
-    let public = key.to_public_key();
-    let a = hex::decode(
-        ring_signer
-            .sign_hex(&messages[0])
-            .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
-    let b = rsa_signer.sign_with_rng(&mut rng, &messages[0]).to_vec();
-    if !verify_pss_sha256(&public, &messages[0], &a)
-        || !verify_pss_sha256(&public, &messages[0], &b)
-    {
-        return Err("a signature did not verify".into());
-    }
+    both_verify(key, &ring_signer, &rsa_signer, &messages[0])?;
     let (mut ring_rates, mut rsa_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..plan.signing_rounds {
         let rate = |f: &mut dyn FnMut(&[u8])| {
@@ -77,6 +57,37 @@ pub fn run(plan: &Plan, key: &RsaPrivateKey) -> Res<SigningResult> {
         ratio_ring_over_rsa: Stats::of(&ratios),
         note: "one thread; hex encoding included for both, as the runner sends hex",
     })
+}
+
+/// 64 result-sized messages.
+fn messages() -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|i| {
+            json!({"id": format!("exec-{i}"), "flow_id": "f", "status": 0, "duration": i,
+                   "billing_duration": i, "outputs": {}, "logs": "x".repeat(200)})
+            .to_string()
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// Both produce signatures the dev server (Go semantics) accepts.
+fn both_verify(
+    key: &RsaPrivateKey,
+    ring_signer: &Signer,
+    rsa_signer: &rsa::pss::SigningKey<Sha256>,
+    message: &[u8],
+) -> Res<()> {
+    let public = key.to_public_key();
+    let a = hex::decode(ring_signer.sign_hex(message).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let b = rsa_signer
+        .sign_with_rng(&mut rand::thread_rng(), message)
+        .to_vec();
+    if !verify_pss_sha256(&public, message, &a) || !verify_pss_sha256(&public, message, &b) {
+        return Err("a signature did not verify".into());
+    }
+    Ok(())
 }
 
 pub const FIGURES: &[Figure<SigningResult>] = &[Figure {

@@ -76,57 +76,90 @@ pub fn run(plan: &Plan, signer: &Signer, base: Option<&Path>) -> Res<ThroughputR
         runner
     };
     let n = plan.throughput_executions;
-    let mut rounds = Rounds::default();
-    let (mut ratios, mut signed, mut cpu, mut server_cpu) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut routes = HashMap::new();
-    let (mut unstalled, mut stalled_rounds) = (Vec::new(), 0);
-    let mut files_from_runner = true;
-    for _ in 0..plan.throughput_rounds {
-        let round = round(&mut runner, n)?;
-        files_from_runner &= round.files.is_some();
-        let files = round.files.unwrap_or_else(ExecFiles::representative);
-        let t = round.timeline;
-        let work = Work {
-            files: &files,
-            executions: n,
-            signatures: (t.signed_per_exec * n as f64).round() as usize,
-        };
-        let limit = limit::round(signer, &work, base)?;
-        rounds.runner_per_s.push(t.rate);
-        rounds.limit_per_s.push(limit);
-        ratios.push(t.rate / limit);
-        signed.push(t.signed_per_exec);
-        rounds.window_s.push(t.window_s);
-        cpu.extend(round.cpu_ms_per_exec);
-        server_cpu.extend(round.server_cpu_ms_per_exec);
-        rounds.results_per_second.push(t.results_per_second);
-        rounds.longest_gap_between_results_ms.push(t.longest_gap_ms);
-        rounds.last_execution.push(t.last_execution);
-        unstalled.push(t.rate_without_stragglers);
-        stalled_rounds += usize::from(t.stragglers > 0);
-        routes = t.requests_per_exec;
-    }
-    let r = Stats::of(&rounds.runner_per_s).ok_or("no rounds")?;
+    let measured = (0..plan.throughput_rounds)
+        .map(|_| round_and_limit(&mut runner, signer, n, base))
+        .collect::<Res<Vec<Measured>>>()?;
+    let all = |f: fn(&Measured) -> f64| measured.iter().map(f).collect::<Vec<f64>>();
+    let some =
+        |f: fn(&Measured) -> Option<f64>| measured.iter().filter_map(f).collect::<Vec<f64>>();
+    let r = Stats::of(&all(|m| m.timeline.rate)).ok_or("no rounds")?;
     Ok(ThroughputResult {
         executions_per_round: n,
         work_dir_fs: fs_type(runner.path()),
         slots: SLOTS,
         runner_per_s: r,
-        runner_per_s_without_stalled_results: Stats::of(&unstalled),
-        rounds_with_a_stalled_result: stalled_rounds,
-        limit_per_s: Stats::of(&rounds.limit_per_s),
-        limit_used_the_runners_files: files_from_runner,
-        ratio_runner_over_limit: Stats::of(&ratios),
-        window_s: Stats::of(&rounds.window_s),
-        signed_requests_per_execution: Stats::of(&signed),
-        requests_per_execution_by_route: routes,
-        runner_cpu_ms_per_execution: Stats::of(&cpu),
-        devserver_cpu_ms_per_execution: Stats::of(&server_cpu),
-        rounds,
+        runner_per_s_without_stalled_results: Stats::of(&all(|m| {
+            m.timeline.rate_without_stragglers
+        })),
+        rounds_with_a_stalled_result: measured
+            .iter()
+            .filter(|m| m.timeline.stragglers > 0)
+            .count(),
+        limit_per_s: Stats::of(&all(|m| m.limit)),
+        limit_used_the_runners_files: measured.iter().all(|m| m.files_from_runner),
+        ratio_runner_over_limit: Stats::of(&all(|m| m.timeline.rate / m.limit)),
+        window_s: Stats::of(&all(|m| m.timeline.window_s)),
+        signed_requests_per_execution: Stats::of(&all(|m| m.timeline.signed_per_exec)),
+        requests_per_execution_by_route: measured
+            .last()
+            .map(|m| m.timeline.requests_per_exec.clone())
+            .unwrap_or_default(),
+        runner_cpu_ms_per_execution: Stats::of(&some(|m| m.cpu_ms_per_exec)),
+        devserver_cpu_ms_per_execution: Stats::of(&some(|m| m.server_cpu_ms_per_exec)),
+        rounds: Rounds::of(measured),
         target: Target { per_s: 200 },
         pass: r.median >= 200.0,
     })
+}
+
+/// A round and the machine's limit for the same work.
+struct Measured {
+    timeline: Timeline,
+    cpu_ms_per_exec: Option<f64>,
+    server_cpu_ms_per_exec: Option<f64>,
+    limit: f64,
+    /// Whether the limit loop had the runner's own input files to copy.
+    files_from_runner: bool,
+}
+
+fn round_and_limit(
+    runner: &mut Runner,
+    signer: &Signer,
+    n: usize,
+    base: Option<&Path>,
+) -> Res<Measured> {
+    let round = round(runner, n)?;
+    let files_from_runner = round.files.is_some();
+    let files = round.files.unwrap_or_else(ExecFiles::representative);
+    let work = Work {
+        files: &files,
+        executions: n,
+        signatures: (round.timeline.signed_per_exec * n as f64).round() as usize,
+    };
+    let limit = limit::round(signer, &work, base)?;
+    Ok(Measured {
+        timeline: round.timeline,
+        cpu_ms_per_exec: round.cpu_ms_per_exec,
+        server_cpu_ms_per_exec: round.server_cpu_ms_per_exec,
+        limit,
+        files_from_runner,
+    })
+}
+
+impl Rounds {
+    fn of(measured: Vec<Measured>) -> Rounds {
+        let mut rounds = Rounds::default();
+        for m in measured {
+            let t = m.timeline;
+            rounds.runner_per_s.push(t.rate);
+            rounds.limit_per_s.push(m.limit);
+            rounds.window_s.push(t.window_s);
+            rounds.results_per_second.push(t.results_per_second);
+            rounds.longest_gap_between_results_ms.push(t.longest_gap_ms);
+            rounds.last_execution.push(t.last_execution);
+        }
+        rounds
+    }
 }
 
 /// One round, as the processes saw it and as the request log tells it.
