@@ -26,7 +26,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Benchmark suite (benches/suite.rs, method in BENCHMARKS.md): table on stdout, figures in bench/results.json.
+## Benchmark suite (benches/suite/, one module per measurement; method in BENCHMARKS.md): table on stdout, figures in bench/results.json.
 bench: release
 	$(CARGO) bench --bench suite
 

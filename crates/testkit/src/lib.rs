@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 pub use bins::{devserver_bin, executor_path, noop_executor_path, runner_bin};
 pub use http::{free_port, http_get};
-pub use process::{alive, mode, peak_rss_kib, script_executor};
+pub use process::{alive, cpu_secs, mode, peak_rss_kib, sched_ns, script_executor, status_kib};
 pub use results::{
     completed, error_of, execution_requests, lines_received, only_result, read_json, state_of,
     wait_line,

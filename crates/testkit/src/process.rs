@@ -1,8 +1,10 @@
-//! Processes and executors: a shell-script executor, a process's peak
-//! memory, whether it is alive, a file's mode.
+//! Processes and executors: a shell-script executor, a process's memory
+//! and CPU time (from `/proc`), whether it is alive, a file's mode.
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
 
 /// The permission bits of `path`.
 pub fn mode(path: &Path) -> u32 {
@@ -31,12 +33,63 @@ pub fn script_executor(dir: &Path, body: &str) -> String {
 
 /// The process's peak resident memory (VmHWM), in KiB.
 pub fn peak_rss_kib(pid: i32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status_kib(pid, "VmHWM").expect("VmHWM in /proc/<pid>/status")
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`); `None` once the
+/// process is gone.
+pub fn status_kib(pid: i32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of a process in seconds: all its threads, exited ones too,
+/// at clock-tick resolution (10 ms here).
+pub fn cpu_secs(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) may hold spaces and parentheses; what follows
+    // its last ')' is field 3 (state) onwards, so utime (14) is the 12th.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / clock_ticks())
+}
+
+/// Time on the CPU of a process's live threads, in nanoseconds (the sum of
+/// `/proc/<pid>/task/*/schedstat`): precise, but threads that exited are
+/// not counted, so it suits processes whose threads live on (an idle runner).
+pub fn sched_ns(pid: i32) -> Option<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = entry.ok()?.path().join("schedstat");
+        let text = fs::read_to_string(path).unwrap_or_default();
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), the unit of `/proc/<pid>/stat`.
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Alive and not a zombie (a zombie is dead; its parent may be an init that

@@ -23,6 +23,10 @@ pub struct RunnerSetup {
     pub args: Vec<String>,
     /// Run the runner as this uid/gid (the test runs as root).
     pub user: Option<(u32, u32)>,
+    /// `RUST_LOG` for the runner: `debug` unless changed; `None` leaves it
+    /// unset, so the runner logs at its default level (info), as the
+    /// benchmarks want it.
+    pub rust_log: Option<String>,
 }
 
 impl RunnerSetup {
@@ -49,6 +53,7 @@ impl RunnerSetup {
             no_config_file: false,
             args: Vec::new(),
             user: None,
+            rust_log: Some("debug".into()),
         }
     }
 
@@ -76,9 +81,17 @@ impl RunnerSetup {
 
     /// Starts in an existing directory (to restart with the same identity).
     pub fn start_in(self, dir: tempfile::TempDir) -> Runner {
+        let mut runner = Runner { child: None, dir };
+        runner.restart(&self);
+        runner
+    }
+
+    /// The command that starts the runner in `dir`, once its config.json is
+    /// written and its log opened.
+    fn command(&self, dir: &Path) -> Command {
         if !self.no_config_file {
             fs::write(
-                dir.path().join("config.json"),
+                dir.join("config.json"),
                 serde_json::to_vec_pretty(&self.config).expect("config json"),
             )
             .expect("write config");
@@ -86,35 +99,33 @@ impl RunnerSetup {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.path().join("runner.log"))
+            .open(dir.join("runner.log"))
             .expect("runner.log");
         let mut cmd = Command::new(runner_bin());
         if let Some((uid, gid)) = self.user {
             use std::os::unix::process::CommandExt;
             let status = Command::new("chown")
                 .args(["-R", &format!("{uid}:{gid}")])
-                .arg(dir.path())
+                .arg(dir)
                 .status()
                 .expect("chown");
             assert!(status.success(), "chown the runner directory");
             cmd.uid(uid).gid(gid);
         }
-        cmd.current_dir(dir.path())
+        cmd.current_dir(dir)
             .args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(level) = &self.rust_log {
+            cmd.env("RUST_LOG", level);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start flo-runner");
-        Runner {
-            child: Some(child),
-            dir,
-        }
+        cmd
     }
 }
 
@@ -125,6 +136,62 @@ impl Runner {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("runner.log")).unwrap_or_default()
+    }
+
+    /// Starts the stopped runner again in its directory with `setup` (a
+    /// config for another server, say; the identity stays). Returns the
+    /// time just before the spawn, which start-up is timed from.
+    pub fn restart(&mut self, setup: &RunnerSetup) -> Instant {
+        assert!(self.child.is_none(), "restart: the runner is still running");
+        let mut cmd = setup.command(self.dir.path());
+        let spawned = Instant::now();
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "start flo-runner {}: {e}",
+                cmd.get_program().to_string_lossy()
+            )
+        });
+        self.child = Some(child);
+        spawned
+    }
+
+    /// Waits until `server` lists this runner as registered and returns its
+    /// identifier; an error, with the log's last lines, if the runner exits
+    /// first or `limit` passes.
+    pub fn wait_registered(
+        &mut self,
+        server: &DevServer,
+        limit: Duration,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(id) = self.saved_identifier() {
+                let runners = server.client().runners().map_err(|e| e.to_string())?;
+                if runners.iter().any(|r| r["identifier"] == id.as_str()) {
+                    return Ok(id);
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let tail = self.last_log_lines(5).join(" | ");
+                return Err(format!("runner exited ({status}): {tail}"));
+            }
+            if Instant::now() > deadline {
+                let tail = self.last_log_lines(5).join(" | ");
+                return Err(format!("runner not registered: {tail}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The identifier in flo.state, once the runner has saved one.
+    fn saved_identifier(&self) -> Option<String> {
+        let state: Value =
+            serde_json::from_slice(&fs::read(self.path().join("flo.state")).ok()?).ok()?;
+        state["identifier"].as_str().map(str::to_string)
     }
 
     pub fn pid(&self) -> i32 {
@@ -203,8 +270,16 @@ impl Drop for Runner {
 impl Runner {
     /// The last 80 lines of the runner's log, for failure messages.
     pub fn log_tail(&self) -> String {
+        self.last_log_lines(80).join("\n")
+    }
+
+    /// The last `n` lines of the runner's log.
+    pub fn last_log_lines(&self, n: usize) -> Vec<String> {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
     }
 }

@@ -22,11 +22,17 @@ pub struct DevServer {
 /// loopback port) and returns it with the URL from its banner, which must
 /// start with `scheme`.
 pub fn spawn_devserver_with(args: &[&str], scheme: &str) -> (Child, String) {
+    spawn_devserver_into(args, scheme, Stdio::inherit())
+}
+
+/// [`spawn_devserver_with`], with the server's stderr (its warnings) going
+/// to `stderr`.
+fn spawn_devserver_into(args: &[&str], scheme: &str, stderr: Stdio) -> (Child, String) {
     let mut child = Command::new(devserver_bin())
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start flo-devserver");
     let stdout = child.stdout.take().expect("stdout");
@@ -46,6 +52,10 @@ pub fn spawn_devserver_with(args: &[&str], scheme: &str) -> (Child, String) {
 
 /// `flo-devserver serve` on a loopback port with `extra` options.
 fn spawn_serve(extra: &[&str], scheme: &str) -> (Child, String) {
+    spawn_serve_into(extra, scheme, Stdio::inherit())
+}
+
+fn spawn_serve_into(extra: &[&str], scheme: &str, stderr: Stdio) -> (Child, String) {
     let mut args = vec![
         "serve",
         "--listen",
@@ -54,7 +64,7 @@ fn spawn_serve(extra: &[&str], scheme: &str) -> (Child, String) {
         CODE,
     ];
     args.extend_from_slice(extra);
-    spawn_devserver_with(&args, scheme)
+    spawn_devserver_into(&args, scheme, stderr)
 }
 
 impl DevServer {
@@ -63,9 +73,26 @@ impl DevServer {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
-        let (child, url) = spawn_serve(extra, "http://");
+        Self::start_logged(extra, Stdio::inherit())
+    }
+
+    /// [`DevServer::start_with`], the server's stderr going to `stderr`
+    /// (the benchmarks keep it in a file beside the runners').
+    pub fn start_logged(extra: &[&str], stderr: Stdio) -> Self {
+        let (child, url) = spawn_serve_into(extra, "http://", stderr);
         let client = Client::new(&url);
         Self { child, url, client }
+    }
+
+    /// The server process's id (to read its CPU time).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The admin client itself, for callers that handle errors rather than
+    /// panic (the benchmarks report a failed measurement and go on).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// A `flo-devserver` serving HTTPS: `extra` carries `--tls-cert`,
