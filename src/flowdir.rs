@@ -252,7 +252,7 @@ mod tests {
         ));
         std::fs::remove_file(p.join("state.json")).unwrap();
         rustix::fs::mknodat(
-            CWD,
+            rustix::fs::CWD,
             p.join("state.json"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),
