@@ -118,7 +118,7 @@ impl Health {
         self.registered.load(Ordering::SeqCst)
     }
 
-    /// The poll loop is alive (called on every turn and while waiting for a slot).
+    /// The poll loop is alive (called on every turn; see also [`Health::parked`]).
     pub fn poll_tick(&self) {
         self.poll_loop_at.store(now_secs(), Ordering::SeqCst);
     }

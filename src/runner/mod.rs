@@ -59,6 +59,16 @@ pub struct Runner {
     threads: Threads,
 }
 
+/// What the services are built on, made in order before any of them starts.
+struct Foundation {
+    identity: Arc<Identity>,
+    sandbox: sandbox::Plan,
+    api: Arc<Api>,
+    registration: RegistrationRequest,
+    ledger: Ledger,
+    outbox: Outbox,
+}
+
 impl Runner {
     /// Builds the runner and starts its services. `Ok(None)`: a signal came
     /// while it waited for its state directory to become writable.
@@ -72,85 +82,70 @@ impl Runner {
             log::info!("stopped before the state directory could be written");
             return Ok(None);
         }
-        let exec_dir = &config.execution.execution_directory;
-        fsutil::create_dir_all(exec_dir).map_err(|source| RunError::ExecutionDir {
-            path: exec_dir.clone(),
-            source,
-        })?;
-        let identity = Arc::new(Identity::load_or_create(
-            &config.execution.state_directory,
-            &config.runner.certificate,
-        )?);
-        log::info!("runner identifier {}", identity.identifier);
-        // Before the first child (discovery): the runner becomes the subreaper
-        // of everything it starts, and per-execution cgroups are found.
-        supervise::init(
-            supervise::Limits {
-                memory_max: config.execution.memory_max_bytes,
-                pids_max: config.execution.pids_max,
-            },
-            config.execution.cgroups,
-        );
-        let (sandbox, warnings) =
-            sandbox::Plan::new(&config, &identity.key_path, std::env::vars_os().collect())?;
-        for w in warnings {
-            log::warn!("{w}");
-        }
-        log::info!("sandbox: {sandbox}");
-        let discovery = executor::discover(&config)?;
-        log::info!("executor version {}", discovery.version.trim());
-        let api = Arc::new(connect(&config, identity.clone())?);
-        let registration = registration_request(&config, &identity, discovery);
-        let (ledger, outbox) = open_ledger(&config, &state)?;
+        let foundation = Foundation::lay(&config, &state)?;
+        Self::start_services(config, shutdown, state, foundation).map(Some)
+    }
 
+    /// The heartbeat, log shipper, stop watcher, disk watch, workers and
+    /// metrics; the poller and the outbox sender start once registered.
+    fn start_services(
+        config: Config,
+        shutdown: Shutdown,
+        state: StateDir,
+        base: Foundation,
+    ) -> Result<Self, RunError> {
         let mut threads = Threads::default();
         let health = Arc::new(Health::default());
         health.start_writer(state, shutdown.clone(), &mut threads)?;
         let exec = &config.execution;
+        let (api, stop) = (&base.api, &shutdown);
         let shipper = LogShipper::start(
             api.clone(),
             exec.log_batch_lines,
             exec.log_flush,
-            shutdown.clone(),
+            stop.clone(),
             &mut threads,
         )?;
-        let watcher = Watcher::start(api.clone(), exec.kill_grace, &shutdown, &mut threads)?;
+        let watcher = Watcher::start(api.clone(), exec.kill_grace, stop, &mut threads)?;
         let limits = dirwalk::Limits {
             bytes: exec.max_dir_bytes,
             entries: exec.max_dir_entries,
         };
-        let disk = disklimit::DiskWatch::start(limits, watcher.clone(), &shutdown, &mut threads)?;
+        let disk = disklimit::DiskWatch::start(limits, watcher.clone(), stop, &mut threads)?;
         let ctx = Arc::new(Context {
             config: config.clone(),
-            identity,
-            api,
+            identity: base.identity,
+            api: base.api,
             shipper,
             watcher,
             disk,
-            sandbox,
-            ledger,
+            sandbox: base.sandbox,
+            ledger: base.ledger,
             health,
             shutdown: shutdown.clone(),
         });
-        let pool = Arc::new(Pool::start(
-            ctx.clone(),
-            exec.max_concurrent_executors,
-            &mut threads,
-        )?);
+        let workers = exec.max_concurrent_executors;
+        let pool = Arc::new(Pool::start(ctx.clone(), workers, &mut threads)?);
         let metrics = match config.runner.metrics_listen {
-            Some(addr) => Some(serve_metrics(addr, &ctx, &pool, &outbox, &mut threads)?),
+            Some(addr) => Some(serve_metrics(
+                addr,
+                &ctx,
+                &pool,
+                &base.outbox,
+                &mut threads,
+            )?),
             None => None,
         };
-        Ok(Some(Self {
+        Ok(Self {
             config,
             shutdown,
             ctx,
             pool,
-            outbox,
-            registration,
+            outbox: base.outbox,
+            registration: base.registration,
             metrics,
             threads,
-        }))
+        })
     }
 
     /// Registers, polls until a signal, drains, then stops and joins every
@@ -216,6 +211,52 @@ impl Runner {
             log::info!("stopped");
         }
         Ok(())
+    }
+}
+
+impl Foundation {
+    /// Execution directory, identity, process supervision, sandbox,
+    /// executor discovery, API client, then the journal and outbox with
+    /// crash recovery.
+    fn lay(config: &Config, state: &StateDir) -> Result<Self, RunError> {
+        let exec_dir = &config.execution.execution_directory;
+        fsutil::create_dir_all(exec_dir).map_err(|source| RunError::ExecutionDir {
+            path: exec_dir.clone(),
+            source,
+        })?;
+        let identity = Arc::new(Identity::load_or_create(
+            &config.execution.state_directory,
+            &config.runner.certificate,
+        )?);
+        log::info!("runner identifier {}", identity.identifier);
+        // Before the first child (discovery): the runner becomes the subreaper
+        // of everything it starts, and per-execution cgroups are found.
+        supervise::init(
+            supervise::Limits {
+                memory_max: config.execution.memory_max_bytes,
+                pids_max: config.execution.pids_max,
+            },
+            config.execution.cgroups,
+        );
+        let (sandbox, warnings) =
+            sandbox::Plan::new(config, &identity.key_path, std::env::vars_os().collect())?;
+        for w in warnings {
+            log::warn!("{w}");
+        }
+        log::info!("sandbox: {sandbox}");
+        let discovery = executor::discover(config)?;
+        log::info!("executor version {}", discovery.version.trim());
+        let api = Arc::new(connect(config, identity.clone())?);
+        let registration = registration_request(config, &identity, discovery);
+        let (ledger, outbox) = open_ledger(config, state)?;
+        Ok(Self {
+            identity,
+            sandbox,
+            api,
+            registration,
+            ledger,
+            outbox,
+        })
     }
 }
 
