@@ -242,3 +242,25 @@ fn next_status(shared: &Shared, api: &Api, shutdown: &Shutdown) -> Option<Execut
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(kill_grace: Duration) -> Shared {
+        Shared {
+            entries: Mutex::new(HashMap::new()),
+            wake: Wake::default(),
+            status_wake: Wake::default(),
+            kill_grace,
+        }
+    }
+
+    #[test]
+    fn with_nothing_to_time_the_timers_sleep_without_a_deadline() {
+        assert_eq!(
+            fire_timers(&shared(Duration::from_secs(1)), Instant::now()),
+            None
+        );
+    }
+}

@@ -123,3 +123,39 @@ fn work(ctx: &Context, rx: &Receiver<Work>, slots: &Slots) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn slots(max: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            busy: Mutex::new(0),
+            freed: Wake::default(),
+            max,
+        })
+    }
+
+    #[test]
+    fn wait_free_wakes_on_a_release_and_on_shutdown_without_ticking() {
+        let (s, shutdown) = (slots(1), Shutdown::new());
+        s.reserve();
+        let waiter = {
+            let (s, shutdown) = (s.clone(), shutdown.clone());
+            std::thread::spawn(move || s.wait_free(&shutdown))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        s.release();
+        assert!(waiter.join().unwrap(), "a freed slot");
+
+        s.reserve();
+        let waiter = {
+            let (s, shutdown) = (s.clone(), shutdown.clone());
+            std::thread::spawn(move || s.wait_free(&shutdown))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        shutdown.request();
+        assert!(!waiter.join().unwrap(), "shutdown first");
+    }
+}

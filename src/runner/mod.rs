@@ -201,16 +201,22 @@ impl Runner {
         drain(config, &self.shutdown, &ctx.watcher, &self.pool, &gate);
         // Anything still in the runner's process tree would outlive it.
         supervise::stop_orphans();
+        self.say_what_is_left();
+        Ok(())
+    }
+
+    /// The last line: "stopped", or how many reports wait for the next start.
+    fn say_what_is_left(&self) {
         let left = self.outbox.depth();
         if left > 0 {
+            let dir = &self.config.execution.state_directory;
             log::warn!(
                 "stopped with {left} report(s) not yet delivered; they are kept in {} and sent at the next start",
-                exec.state_directory.join(crate::outbox::OUTBOX_DIR).display()
+                dir.join(crate::outbox::OUTBOX_DIR).display()
             );
         } else {
             log::info!("stopped");
         }
-        Ok(())
     }
 }
 
