@@ -79,8 +79,6 @@ fn main() -> ExitCode {
 /// The arguments, or the exit code when they were `--help`, `--version` or
 /// a usage error (2, with one line on stderr).
 fn parse_args() -> Result<Args, ExitCode> {
-    use lexopt::Arg::{Long, Short, Value};
-
     let usage_error = |what: String| {
         eprintln!("flo-runner: {what} (see --help)");
         ExitCode::from(2)
@@ -89,30 +87,32 @@ fn parse_args() -> Result<Args, ExitCode> {
     let mut mode = Mode::Run;
     let mut config = None;
     let mut first = true;
-    loop {
-        let arg = match parser.next() {
-            Ok(Some(arg)) => arg,
-            Ok(None) => break,
-            // Only a value given to a flag that takes none (`--help=x`).
-            Err(e) => return Err(usage_error(format!("unexpected argument: {e}"))),
-        };
-        let unexpected = match arg {
-            Short('h') | Long("help") => {
+    while let Some(arg) = next_arg(&mut parser) {
+        // A value glued to a flag (`--help=x`, `-hx`, `-cPATH`) is as
+        // unexpected as an unknown flag; only `--config=PATH` takes one.
+        let attached = parser.optional_value();
+        let Arg { flag, spelled } = arg;
+        let unexpected = match (flag, attached) {
+            (Flag::Help, None) => {
                 println!("{HELP}");
                 return Err(ExitCode::SUCCESS);
             }
-            Short('V') | Long("version") => {
+            (Flag::Version, None) => {
                 println!("flo-runner {VERSION}");
                 return Err(ExitCode::SUCCESS);
             }
-            Short('c') | Long("config") => match parser.value() {
+            (Flag::Config, Some(path)) if spelled == "--config" => {
+                config = Some(PathBuf::from(path));
+                None
+            }
+            (Flag::Config, None) => match parser.value() {
                 Ok(path) => {
                     config = Some(PathBuf::from(path));
                     None
                 }
                 Err(_) => return Err(usage_error("--config needs a path".into())),
             },
-            Value(v) if first && (v == "check" || v == "health") => {
+            (Flag::Value(v), _) if first && (v == "check" || v == "health") => {
                 mode = if v == "check" {
                     Mode::Check
                 } else {
@@ -120,9 +120,7 @@ fn parse_args() -> Result<Args, ExitCode> {
                 };
                 None
             }
-            Short(c) => Some(format!("-{c}")),
-            Long(name) => Some(format!("--{name}")),
-            Value(v) => Some(v.to_string_lossy().into_owned()),
+            (_, attached) => Some(glued(spelled, attached)),
         };
         if let Some(arg) = unexpected {
             return Err(usage_error(format!("unexpected argument {arg:?}")));
@@ -145,6 +143,52 @@ fn parse_args() -> Result<Args, ExitCode> {
             explicit: false,
         },
     })
+}
+
+/// One argument, owned, so the parser can be asked for what follows it.
+struct Arg {
+    flag: Flag,
+    /// As typed: `-h`, `--help`, `check`.
+    spelled: String,
+}
+
+enum Flag {
+    Help,
+    Version,
+    Config,
+    Unknown,
+    Value(std::ffi::OsString),
+}
+
+/// An argument as it was typed, with the value glued to it, for the usage
+/// error.
+fn glued(spelled: String, attached: Option<std::ffi::OsString>) -> String {
+    match attached {
+        None => spelled,
+        Some(v) if spelled.starts_with("--") => format!("{spelled}={}", v.to_string_lossy()),
+        Some(v) => format!("{spelled}{}", v.to_string_lossy()),
+    }
+}
+
+/// The next argument; after `--` every argument is a value.
+fn next_arg(parser: &mut lexopt::Parser) -> Option<Arg> {
+    use lexopt::Arg::{Long, Short, Value};
+    // `next` fails only on a glued value nobody took, and the caller takes
+    // every one.
+    let arg = parser.next().ok()??;
+    let spelled = match &arg {
+        Short(c) => format!("-{c}"),
+        Long(name) => format!("--{name}"),
+        Value(v) => v.to_string_lossy().into_owned(),
+    };
+    let flag = match arg {
+        Short('h') | Long("help") => Flag::Help,
+        Short('V') | Long("version") => Flag::Version,
+        Short('c') | Long("config") => Flag::Config,
+        Value(v) => Flag::Value(v),
+        _ => Flag::Unknown,
+    };
+    Some(Arg { flag, spelled })
 }
 
 /// `flo-runner health`: only the state directory matters; the runner being
