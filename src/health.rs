@@ -90,8 +90,8 @@ pub struct Health {
     poll_loop_at: AtomicU64,
     /// The poll loop is waiting for a free slot (see [`Health::parked`]).
     poll_parked: AtomicBool,
-    /// Registration or refusals changed: write the heartbeat now rather
-    /// than in 5 s.
+    /// Registration, refusals or writability changed: write the heartbeat
+    /// now rather than in 5 s.
     changed: Wake,
     state: OnceLock<StateDir>,
     /// See [`PollRefused`]; `poll_refused_since` 0 means not refused.
@@ -186,7 +186,8 @@ impl Health {
     }
 
     /// Writes the heartbeat file every few seconds, and at once when
-    /// registration or refusals change, until shutdown is requested; then
+    /// registration, refusals or the state directory's writability change,
+    /// until shutdown is requested; then
     /// removes it. While the state directory cannot be written, it probes
     /// it, so the runner takes work again as soon as it can.
     pub fn start_writer(
@@ -197,6 +198,9 @@ impl Health {
     ) -> Result<(), SpawnError> {
         let path = state.path().join(HEARTBEAT_FILE);
         let _ = self.state.set(state.clone());
+        // A write elsewhere failing (or a probe succeeding) changes what
+        // the heartbeat says, and how often it probes: beat now.
+        state.on_change(self.changed.clone());
         let health = self.clone();
         threads.spawn("heartbeat", move || loop {
             health.beat(&state, &path);
