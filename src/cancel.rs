@@ -8,8 +8,7 @@
 //! (PROTOCOL.md §9) cannot cancel: the status thread then asks nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -17,12 +16,13 @@ use rustix::process::Signal;
 use crate::api::Api;
 use crate::ids::ExecutionId;
 use crate::protocol::COMPLETION_CANCEL;
+use crate::runner::{SpawnError, Threads};
+use crate::shutdown::{Shutdown, Wake};
 use crate::supervise::ProcessGroup;
 
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// The same 15 s as every call but the poll.
 const STATUS_TIMEOUT: Duration = crate::api::CALL_TIMEOUT;
-const TICK: Duration = Duration::from_millis(200);
 /// How often an API without `/status` is asked whether that changed.
 const CANCEL_RECHECK: Duration = Duration::from_secs(60);
 
@@ -54,36 +54,33 @@ pub struct Watcher {
 
 struct Shared {
     entries: Mutex<HashMap<ExecutionId, Entry>>,
-    /// Wakes the timer thread.
-    wake: Condvar,
-    /// Wakes the status thread.
-    status_wake: Condvar,
+    /// Wakes the timer thread: an entry or a stop changed its deadlines.
+    wake: Wake,
+    /// Wakes the status thread: an execution started.
+    status_wake: Wake,
     kill_grace: Duration,
 }
 
 impl Watcher {
-    pub fn start(api: Arc<Api>, kill_grace: Duration) -> Self {
+    /// Starts the two threads, which end once shutdown is finished (the
+    /// drain stops executions through them until then).
+    pub fn start(
+        api: Arc<Api>,
+        kill_grace: Duration,
+        shutdown: &Shutdown,
+        threads: &mut Threads,
+    ) -> Result<Self, SpawnError> {
         let shared = Arc::new(Shared {
             entries: Mutex::new(HashMap::new()),
-            wake: Condvar::new(),
-            status_wake: Condvar::new(),
+            wake: Wake::default(),
+            status_wake: Wake::default(),
             kill_grace,
         });
-        let s = shared.clone();
-        if let Err(e) = thread::Builder::new()
-            .name("stop-timers".into())
-            .spawn(move || watch_timers(&s))
-        {
-            log::error!("cannot start the stop timer thread: {e}; timeouts are off");
-        }
-        let s = shared.clone();
-        if let Err(e) = thread::Builder::new()
-            .name("cancel-watcher".into())
-            .spawn(move || watch_status(&s, &api))
-        {
-            log::error!("cannot start the cancel watcher thread: {e}; server cancels are not seen");
-        }
-        Self { shared }
+        let (s, stop) = (shared.clone(), shutdown.clone());
+        threads.spawn("stop-timers", move || watch_timers(&s, &stop))?;
+        let (s, stop) = (shared.clone(), shutdown.clone());
+        threads.spawn("cancel-watcher", move || watch_status(&s, &api, &stop))?;
+        Ok(Self { shared })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Entry>> {
@@ -102,8 +99,8 @@ impl Watcher {
                 stop: None,
             },
         );
-        self.shared.wake.notify_all();
-        self.shared.status_wake.notify_all();
+        self.shared.wake.notify();
+        self.shared.status_wake.notify();
     }
 
     /// Stops watching, once the executor exited. Returns why it was stopped,
@@ -120,7 +117,7 @@ impl Watcher {
         if let Some(e) = self.lock().get_mut(id) {
             begin_stop(id, e, reason);
         }
-        self.shared.wake.notify_all();
+        self.shared.wake.notify();
     }
 
     /// Stops every running execution (shutdown grace over, or a second signal).
@@ -129,7 +126,7 @@ impl Watcher {
         for (id, e) in entries.iter_mut() {
             begin_stop(id, e, reason);
         }
-        self.shared.wake.notify_all();
+        self.shared.wake.notify();
     }
 }
 
@@ -143,71 +140,58 @@ fn begin_stop(id: &ExecutionId, e: &mut Entry, reason: StopReason) {
 }
 
 /// Timers: execution timeouts and SIGKILL after the grace period. Never
-/// blocks on the network, so a slow API cannot delay a kill.
-fn watch_timers(shared: &Shared) {
-    let mut entries = crate::sync::lock(&shared.entries);
+/// blocks on the network, so a slow API cannot delay a kill. Sleeps until
+/// the next deadline of any entry, or until one changes.
+fn watch_timers(shared: &Shared, shutdown: &Shutdown) {
     loop {
-        if entries.is_empty() {
-            // Idle: nothing to time, sleep until an execution starts.
-            entries = crate::sync::wait(&shared.wake, entries);
-            continue;
+        let next = fire_timers(shared, Instant::now());
+        if !shared.wake.wait(next, shutdown.finished()) {
+            return;
         }
-        let now = Instant::now();
-        for (id, e) in entries.iter_mut() {
-            if let Some((at, limit)) = e.deadline {
-                if now >= at {
-                    begin_stop(id, e, StopReason::TimedOut(limit));
-                }
-            }
-            if let Some((_, term_at, killed)) = &mut e.stop {
-                if !*killed && now >= *term_at + shared.kill_grace {
-                    log::warn!(
-                        "execution {id}: still running {} s after SIGTERM; SIGKILL to its processes",
-                        shared.kill_grace.as_secs()
-                    );
-                    e.group.signal(Signal::KILL);
-                    *killed = true;
-                }
-            }
-        }
-        entries = crate::sync::wait_timeout(&shared.wake, entries, TICK);
     }
+}
+
+/// Starts the stops and kills that are due at `now`; returns the next
+/// deadline (`None`: nothing to time).
+fn fire_timers(shared: &Shared, now: Instant) -> Option<Instant> {
+    let mut entries = crate::sync::lock(&shared.entries);
+    let mut next: Option<Instant> = None;
+    let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+    for (id, e) in entries.iter_mut() {
+        if let Some((deadline, limit)) = e.deadline {
+            if e.stop.is_none() && now >= deadline {
+                begin_stop(id, e, StopReason::TimedOut(limit));
+            } else if e.stop.is_none() {
+                at(deadline);
+            }
+        }
+        if let Some((_, term_at, killed)) = &mut e.stop {
+            let kill_at = *term_at + shared.kill_grace;
+            if *killed {
+                continue;
+            }
+            if now >= kill_at {
+                log::warn!(
+                    "execution {id}: still running {} s after SIGTERM; SIGKILL to its processes",
+                    shared.kill_grace.as_secs()
+                );
+                e.group.signal(Signal::KILL);
+                *killed = true;
+            } else {
+                at(kill_at);
+            }
+        }
+    }
+    next
 }
 
 /// The status poller: asks the API about each running execution about every
 /// 2 s, one at a time, and starts the stop when the answer is `cancel`.
-fn watch_status(shared: &Shared, api: &Api) {
-    let mut entries = crate::sync::lock(&shared.entries);
+fn watch_status(shared: &Shared, api: &Api, shutdown: &Shutdown) {
     loop {
-        if entries.is_empty() {
-            entries = crate::sync::wait(&shared.status_wake, entries);
-            continue;
-        }
-        if !api.can_cancel() {
-            // The API has no /status (the Api warned, once). Look again now
-            // and then: a re-registration may find an upgraded API.
-            entries = crate::sync::wait_timeout(&shared.status_wake, entries, CANCEL_RECHECK);
-            continue;
-        }
-        let now = Instant::now();
-        let mut next = now + STATUS_INTERVAL;
-        let mut due = None;
-        for (id, e) in entries.iter_mut() {
-            if e.stop.is_some() {
-                continue;
-            }
-            if now >= e.next_status {
-                e.next_status = now + STATUS_INTERVAL;
-                due = Some(id.clone());
-                break;
-            }
-            next = next.min(e.next_status);
-        }
-        let Some(id) = due else {
-            entries = crate::sync::wait_timeout(&shared.status_wake, entries, next - now);
-            continue;
+        let Some(id) = next_status(shared, api, shutdown) else {
+            return;
         };
-        drop(entries);
         let cancel = match api.status(&id, STATUS_TIMEOUT) {
             Ok(s) => s.completion_status.as_deref() == Some(COMPLETION_CANCEL),
             Err(e) => {
@@ -215,13 +199,68 @@ fn watch_status(shared: &Shared, api: &Api) {
                 false
             }
         };
-        entries = crate::sync::lock(&shared.entries);
         if cancel {
-            if let Some(e) = entries.get_mut(&id) {
+            if let Some(e) = crate::sync::lock(&shared.entries).get_mut(&id) {
                 log::info!("execution {id}: the server asked to cancel it");
                 begin_stop(&id, e, StopReason::Cancelled);
-                shared.wake.notify_all();
+                shared.wake.notify();
             }
         }
+    }
+}
+
+/// Waits until an execution's status is due and returns it; `None` once
+/// shutdown is finished.
+fn next_status(shared: &Shared, api: &Api, shutdown: &Shutdown) -> Option<ExecutionId> {
+    loop {
+        let now = Instant::now();
+        let wait_until = {
+            let mut entries = crate::sync::lock(&shared.entries);
+            if entries.is_empty() {
+                None
+            } else if !api.can_cancel() {
+                // The API has no /status (the Api warned, once). Look again
+                // now and then: a re-registration may find an upgraded API.
+                Some(now + CANCEL_RECHECK)
+            } else {
+                let mut next = now + STATUS_INTERVAL;
+                for (id, e) in entries.iter_mut() {
+                    if e.stop.is_some() {
+                        continue;
+                    }
+                    if now >= e.next_status {
+                        e.next_status = now + STATUS_INTERVAL;
+                        return Some(id.clone());
+                    }
+                    next = next.min(e.next_status);
+                }
+                Some(next)
+            }
+        };
+        if !shared.status_wake.wait(wait_until, shutdown.finished()) {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(kill_grace: Duration) -> Shared {
+        Shared {
+            entries: Mutex::new(HashMap::new()),
+            wake: Wake::default(),
+            status_wake: Wake::default(),
+            kill_grace,
+        }
+    }
+
+    #[test]
+    fn with_nothing_to_time_the_timers_sleep_without_a_deadline() {
+        assert_eq!(
+            fire_timers(&shared(Duration::from_secs(1)), Instant::now()),
+            None
+        );
     }
 }

@@ -15,14 +15,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::cancel::{StopReason, Watcher};
 use crate::dirwalk::{self, FileId, Limits};
 use crate::flowdir::FlowDir;
 use crate::ids::ExecutionId;
+use crate::runner::{SpawnError, Threads};
+use crate::shutdown::{Shutdown, Wake};
 
 /// The shortest time between two walks of one directory.
 pub const EVERY: Duration = Duration::from_secs(3);
@@ -63,7 +64,8 @@ struct Watched {
 
 struct Shared {
     entries: Mutex<HashMap<ExecutionId, Watched>>,
-    wake: Condvar,
+    /// Wakes the walking thread: a directory was registered.
+    wake: Wake,
     limits: Limits,
 }
 
@@ -75,25 +77,24 @@ pub struct DiskWatch {
 
 impl DiskWatch {
     /// Starts the walking thread when a limit is set (without one, only the
-    /// registry of running directories is kept, for retention).
-    pub fn start(limits: Limits, watcher: Watcher) -> Self {
+    /// registry of running directories is kept, for retention). It ends
+    /// once shutdown is finished.
+    pub fn start(
+        limits: Limits,
+        watcher: Watcher,
+        shutdown: &Shutdown,
+        threads: &mut Threads,
+    ) -> Result<Self, SpawnError> {
         let shared = Arc::new(Shared {
             entries: Mutex::new(HashMap::new()),
-            wake: Condvar::new(),
+            wake: Wake::default(),
             limits,
         });
         if limits.bytes.is_some() || limits.entries.is_some() {
-            let s = shared.clone();
-            if let Err(e) = thread::Builder::new()
-                .name("disk-limits".into())
-                .spawn(move || watch(&s, &watcher))
-            {
-                log::error!(
-                    "cannot start the disk limit thread: {e}; execution.max_dir_bytes and execution.max_dir_entries are not enforced"
-                );
-            }
+            let (s, stop) = (shared.clone(), shutdown.clone());
+            threads.spawn("disk-limits", move || watch(&s, &watcher, &stop))?;
         }
-        Self { shared }
+        Ok(Self { shared })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Watched>> {
@@ -120,7 +121,7 @@ impl DiskWatch {
                 next: Instant::now() + EVERY,
             },
         );
-        self.shared.wake.notify_all();
+        self.shared.wake.notify();
     }
 
     pub fn deregister(&self, id: &ExecutionId) {
@@ -133,29 +134,29 @@ impl DiskWatch {
     }
 }
 
-fn watch(shared: &Shared, watcher: &Watcher) {
+fn watch(shared: &Shared, watcher: &Watcher, shutdown: &Shutdown) {
     let limits = shared.limits;
-    let mut entries = crate::sync::lock(&shared.entries);
     loop {
         let now = Instant::now();
-        let due = entries
-            .iter()
-            .find(|(_, w)| w.next <= now)
-            .map(|(id, w)| (id.clone(), w.dir.clone()));
+        let (due, next) = {
+            let entries = crate::sync::lock(&shared.entries);
+            let due = entries
+                .iter()
+                .find(|(_, w)| w.next <= now)
+                .map(|(id, w)| (id.clone(), w.dir.clone()));
+            (due, entries.values().map(|w| w.next).min())
+        };
         let Some((id, dir)) = due else {
-            entries = match entries.values().map(|w| w.next).min() {
-                None => crate::sync::wait(&shared.wake, entries),
-                Some(next) => crate::sync::wait_timeout(&shared.wake, entries, next - now),
-            };
+            if !shared.wake.wait(next, shutdown.finished()) {
+                return;
+            }
             continue;
         };
         // The walk runs unlocked: registering and deregistering do not wait.
-        drop(entries);
         let started = Instant::now();
         let found = dirwalk::usage(dir.path(), &*dir, limits);
         let took = started.elapsed();
-        entries = crate::sync::lock(&shared.entries);
-        if let Some(w) = entries.get_mut(&id) {
+        if let Some(w) = crate::sync::lock(&shared.entries).get_mut(&id) {
             w.next = Instant::now() + EVERY.max(took * COST_FACTOR);
         }
         let usage = match found {

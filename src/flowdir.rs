@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{self as rfs, FileType, Mode, OFlags, CWD};
+use rustix::fs::{self as rfs, FileType, Mode, OFlags};
 
 use crate::fsutil;
 
@@ -105,16 +105,6 @@ impl FlowDir {
         mkdir_at(&flo_fd, Path::new(execution))?;
         let fd = open_dir_at(&flo_fd, Path::new(execution), &path)?;
         Ok(Self { fd, path })
-    }
-
-    /// Opens an existing execution directory (recovery), not following a
-    /// link in its last component.
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let fd = rfs::openat(CWD, path, dir_flags(), Mode::empty())?;
-        Ok(Self {
-            fd,
-            path: path.to_path_buf(),
-        })
     }
 
     /// The path, for messages and for the executor's working directory.
@@ -269,7 +259,7 @@ mod tests {
         ));
         std::fs::remove_file(p.join("state.json")).unwrap();
         rustix::fs::mknodat(
-            CWD,
+            rustix::fs::CWD,
             p.join("state.json"),
             FileType::Fifo,
             Mode::from_raw_mode(0o600),

@@ -15,13 +15,13 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
-use crate::shutdown::Shutdown;
+use crate::runner::{SpawnError, Threads};
+use crate::shutdown::{Shutdown, Wake};
 use crate::statedir::{self, StateDir};
 
 pub const HEARTBEAT_FILE: &str = "heartbeat";
@@ -88,8 +88,11 @@ impl PollRefused {
 pub struct Health {
     registered: AtomicBool,
     poll_loop_at: AtomicU64,
-    /// Registration changed: write the heartbeat now rather than in 5 s.
-    changed: AtomicBool,
+    /// The poll loop is waiting for a free slot (see [`Health::parked`]).
+    poll_parked: AtomicBool,
+    /// Registration, refusals or writability changed: write the heartbeat
+    /// now rather than in 5 s.
+    changed: Wake,
     state: OnceLock<StateDir>,
     /// See [`PollRefused`]; `poll_refused_since` 0 means not refused.
     poll_refused_since: AtomicU64,
@@ -108,20 +111,31 @@ impl Health {
     pub fn mark_registered(&self) {
         self.registered.store(true, Ordering::SeqCst);
         self.poll_tick();
-        self.changed.store(true, Ordering::SeqCst);
+        self.changed.notify();
     }
 
     pub fn is_registered(&self) -> bool {
         self.registered.load(Ordering::SeqCst)
     }
 
-    /// The poll loop is alive (called on every turn and while waiting for a slot).
+    /// The poll loop is alive (called on every turn; see also [`Health::parked`]).
     pub fn poll_tick(&self) {
         self.poll_loop_at.store(now_secs(), Ordering::SeqCst);
     }
 
+    /// When the poll loop last moved: now while it is parked.
     pub fn poll_loop_at(&self) -> u64 {
+        if self.poll_parked.load(Ordering::SeqCst) {
+            return now_secs();
+        }
         self.poll_loop_at.load(Ordering::SeqCst)
+    }
+
+    /// The poll loop waits for a free slot until the guard is dropped: it
+    /// is alive meanwhile, without waking to say so.
+    pub fn parked(&self) -> Parked<'_> {
+        self.poll_parked.store(true, Ordering::SeqCst);
+        Parked(self)
     }
 
     fn state_problem(&self) -> Option<String> {
@@ -140,14 +154,14 @@ impl Health {
             .compare_exchange(0, now_secs().max(1), Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if first {
-            self.changed.store(true, Ordering::SeqCst);
+            self.changed.notify();
         }
     }
 
     /// A poll was answered (2xx): whatever was refused before is over.
     pub fn poll_accepted(&self) {
         if self.poll_refused_since.swap(0, Ordering::SeqCst) != 0 {
-            self.changed.store(true, Ordering::SeqCst);
+            self.changed.notify();
         }
     }
 
@@ -171,54 +185,70 @@ impl Health {
         .or_else(|| self.refused().problem(now))
     }
 
-    /// Writes the heartbeat file every few seconds until shutdown, then
+    /// Writes the heartbeat file every few seconds, and at once when
+    /// registration, refusals or the state directory's writability change,
+    /// until shutdown is requested; then
     /// removes it. While the state directory cannot be written, it probes
     /// it, so the runner takes work again as soon as it can.
-    pub fn start_writer(self: &Arc<Self>, state: StateDir, shutdown: Shutdown) {
+    pub fn start_writer(
+        self: &Arc<Self>,
+        state: StateDir,
+        shutdown: Shutdown,
+        threads: &mut Threads,
+    ) -> Result<(), SpawnError> {
         let path = state.path().join(HEARTBEAT_FILE);
         let _ = self.state.set(state.clone());
+        // A write elsewhere failing (or a probe succeeding) changes what
+        // the heartbeat says, and how often it probes: beat now.
+        state.on_change(self.changed.clone());
         let health = self.clone();
-        let spawned = thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || loop {
-                health.changed.store(false, Ordering::SeqCst);
-                if state.is_writable() {
-                    // No I/O: permissions, a read-only mount, no space.
-                    state.check();
-                } else {
-                    state.probe();
-                }
-                let was_writable = state.is_writable();
-                let beat = Heartbeat {
-                    pid: std::process::id(),
-                    written_at: now_secs(),
-                    registered: health.is_registered(),
-                    poll_loop_at: health.poll_loop_at(),
-                    state_problem: state.problem(),
-                    poll_refused: health.refused(),
-                };
-                if let Err(e) = write_heartbeat(&path, &beat) {
-                    state.write_failed("heartbeat", &e);
-                }
-                let every = if state.is_writable() {
-                    WRITE_EVERY
-                } else {
-                    PROBE_EVERY
-                };
-                let due = std::time::Instant::now() + every;
-                while std::time::Instant::now() < due
-                    && !health.changed.load(Ordering::SeqCst)
-                    && state.is_writable() == was_writable
-                {
-                    if shutdown.sleep(Duration::from_secs(1)) {
-                        let _ = std::fs::remove_file(&path);
-                        return;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start the heartbeat thread: {e}; `flo-runner health` will fail");
+        threads.spawn("heartbeat", move || loop {
+            health.beat(&state, &path);
+            let every = if state.is_writable() {
+                WRITE_EVERY
+            } else {
+                PROBE_EVERY
+            };
+            if !health
+                .changed
+                .wait(Some(Instant::now() + every), shutdown.requested())
+            {
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+        })
+    }
+
+    /// One heartbeat: the state directory checked (or probed while it
+    /// cannot be written), then the file rewritten.
+    fn beat(&self, state: &StateDir, path: &Path) {
+        if state.is_writable() {
+            // No I/O: permissions, a read-only mount, no space.
+            state.check();
+        } else {
+            state.probe();
         }
+        let beat = Heartbeat {
+            pid: std::process::id(),
+            written_at: now_secs(),
+            registered: self.is_registered(),
+            poll_loop_at: self.poll_loop_at(),
+            state_problem: state.problem(),
+            poll_refused: self.refused(),
+        };
+        if let Err(e) = write_heartbeat(path, &beat) {
+            state.write_failed("heartbeat", &e);
+        }
+    }
+}
+
+/// See [`Health::parked`].
+pub struct Parked<'a>(&'a Health);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.poll_tick();
+        self.0.poll_parked.store(false, Ordering::SeqCst);
     }
 }
 

@@ -157,10 +157,6 @@ impl Ledger {
 }
 
 impl Open<'_> {
-    pub fn id(&self) -> &str {
-        &self.record.execution_id
-    }
-
     /// Step 2: the executor is running: its identity (pid, start time,
     /// cgroup; not synced: a pid means nothing after a reboot, and a runner
     /// crash keeps the page cache).

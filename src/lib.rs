@@ -1,49 +1,65 @@
 //! flo-runner: a worker agent for the Flomation API.
 //!
-//! The pipeline, one module per stage (see `main.rs` for the wiring):
-//! [`config`] → [`identity`] → [`registration`] → [`poller`] → [`pool`] →
-//! [`workspace`] → [`executor`] → [`report`]. Side services: [`logship`]
-//! (batches log lines), [`cancel`] (one status poller for every running
-//! execution), [`supervise`] (every process an execution starts, from spawn
-//! to reap, escaped or not). [`sandbox`] decides what an executor may see
-//! and do. The wire types, ids and signing come from `flo_protocol`, shared
-//! with the dev server.
+//! The pipeline starts in [`Runner::start`] (`runner/mod.rs`), one module
+//! per stage: `config` → `identity` → `registration` → `poller` → `pool` →
+//! `job` (claim, `workspace`, `executor`, `report` through the `ledger`).
+//! Beside it: `logship` (batches log lines), `cancel` (one status poller and
+//! the stop timers for every running execution), `disklimit`, `outbox` (the
+//! reports not yet delivered), `health` and `metrics`, and `supervise` (every
+//! process an execution starts, from spawn to reap, escaped or not);
+//! `sandbox` decides what an executor may see and do. `shutdown` is the one
+//! stop signal they all wait on.
+//!
+//! The public surface is what `main.rs` needs: [`Runner`], [`config`],
+//! [`logging`], [`check`] and [`health`]. The wire types, ids and signing
+//! come from `flo_protocol`, shared with the dev server.
 
 // Inside the runner they read as its own modules (`crate::protocol::…`).
-pub use flo_protocol::{ids, protocol, signing};
+use flo_protocol::{ids, protocol, signing};
 
-pub mod api;
-pub mod backoff;
-pub mod cancel;
-pub mod check;
+mod api;
+mod backoff;
+mod cancel;
+mod check;
 pub mod config;
-pub mod dirwalk;
-pub mod disklimit;
-pub mod executor;
-pub mod failpoint;
-pub mod flowdir;
-pub mod fsutil;
-pub mod groupsync;
-pub mod health;
-pub mod identity;
-pub mod job;
-pub mod journal;
-pub mod ledger;
+mod dirwalk;
+mod disklimit;
+mod executor;
+mod failpoint;
+mod flowdir;
+mod fsutil;
+mod groupsync;
+mod health;
+mod identity;
+mod job;
+mod journal;
+mod ledger;
 pub mod logging;
-pub mod logship;
-pub mod metrics;
-pub mod net;
-pub mod outbox;
-pub mod output;
-pub mod poller;
-pub mod pool;
-pub mod recovery;
-pub mod registration;
-pub mod report;
-pub mod retention;
-pub mod sandbox;
-pub mod shutdown;
-pub mod statedir;
-pub mod supervise;
-pub mod sync;
-pub mod workspace;
+mod logship;
+mod metrics;
+mod net;
+mod outbox;
+mod output;
+mod poller;
+mod pool;
+mod recovery;
+mod registration;
+mod report;
+mod retention;
+mod runner;
+mod sandbox;
+mod shutdown;
+mod statedir;
+mod supervise;
+mod sync;
+mod workspace;
+
+/// `flo-runner check`: checks the configuration, key, directories, executor
+/// and API, printing a checklist to `out`; `true` when everything passed.
+pub use check::run as check;
+/// `flo-runner health`: reads the heartbeat of the runner using a state
+/// directory; `Ok` says it is healthy, `Err` why not.
+pub use health::check as health;
+pub use runner::{RunError, Runner, SpawnError};
+/// Call first in `main`: flows of the runner's user must not read its memory.
+pub use sandbox::make_non_dumpable;

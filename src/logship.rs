@@ -8,13 +8,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::api::{Api, ApiError};
 use crate::backoff::Backoff;
 use crate::ids::ExecutionId;
-use crate::shutdown::Shutdown;
+use crate::runner::{SpawnError, Threads};
+use crate::shutdown::{Shutdown, Wake};
 
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Unsent lines kept per execution while the API is slow or down.
@@ -35,7 +35,7 @@ pub struct LogShipper {
 struct Shared {
     queues: Mutex<HashMap<ExecutionId, Queue>>,
     /// Wakes the sender: a batch filled, a queue started, or one is closing.
-    work: Condvar,
+    work: Wake,
     /// Wakes `finish` callers: a queue drained.
     drained: Condvar,
     batch_lines: usize,
@@ -79,23 +79,26 @@ impl Queue {
 }
 
 impl LogShipper {
-    pub fn start(api: Arc<Api>, batch_lines: usize, flush: Duration, shutdown: Shutdown) -> Self {
+    /// Starts the sender thread, which ends once shutdown is finished (by
+    /// then every execution took its unsent lines with [`LogShipper::finish`]).
+    pub fn start(
+        api: Arc<Api>,
+        batch_lines: usize,
+        flush: Duration,
+        shutdown: Shutdown,
+        threads: &mut Threads,
+    ) -> Result<Self, SpawnError> {
         let shared = Arc::new(Shared {
             queues: Mutex::new(HashMap::new()),
-            work: Condvar::new(),
+            work: Wake::default(),
             drained: Condvar::new(),
             batch_lines: batch_lines.max(1),
             flush,
             api: api.clone(),
         });
         let s = shared.clone();
-        let spawned = thread::Builder::new()
-            .name("log-shipper".into())
-            .spawn(move || sender_loop(&s, &api, &shutdown));
-        if let Err(e) = spawned {
-            log::error!("cannot start the log shipper thread: {e}; logs will only be in results");
-        }
-        Self { shared }
+        threads.spawn("log-shipper", move || sender_loop(&s, &api, &shutdown))?;
+        Ok(Self { shared })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Queue>> {
@@ -131,7 +134,7 @@ impl LogShipper {
             if !q.full() || q.retry_at.is_some() || q.held >= BACKPRESSURE_BUDGET {
                 break;
             }
-            self.shared.work.notify_one();
+            self.shared.work.notify();
             let started = Instant::now();
             queues =
                 crate::sync::wait_timeout(&self.shared.drained, queues, Duration::from_millis(100));
@@ -160,7 +163,7 @@ impl LogShipper {
         }
         let full = q.lines.len() == self.shared.batch_lines || q.bytes >= MAX_BATCH_BYTES;
         if was_empty || full {
-            self.shared.work.notify_one();
+            self.shared.work.notify();
         }
     }
 
@@ -223,8 +226,8 @@ pub fn batch_bodies(lines: &[String], batch_lines: usize) -> Vec<Vec<u8>> {
 }
 
 fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
-    let mut queues = crate::sync::lock(&shared.queues);
     loop {
+        let mut queues = crate::sync::lock(&shared.queues);
         let now = Instant::now();
         let mut next: Option<(Instant, ExecutionId)> = None;
         for (id, q) in queues.iter() {
@@ -238,8 +241,13 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
             Some((at, id)) if at <= now => id,
             other => {
                 // Idle: sleep until the next batch is due, or until woken.
-                let wait = other.map_or(Duration::from_secs(3600), |(at, _)| at - now);
-                queues = crate::sync::wait_timeout(&shared.work, queues, wait);
+                drop(queues);
+                if !shared
+                    .work
+                    .wait(other.map(|(at, _)| at), shutdown.finished())
+                {
+                    return;
+                }
                 continue;
             }
         };
@@ -269,7 +277,7 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
 
         let result = api.send_logs(&id, &batch);
 
-        queues = crate::sync::lock(&shared.queues);
+        let mut queues = crate::sync::lock(&shared.queues);
         let Some(q) = queues.get_mut(&id) else {
             continue;
         };

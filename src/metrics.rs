@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread;
 use std::time::Duration;
 
 use crate::api::Generation;
 use crate::health::Health;
+use crate::runner::{SpawnError, Threads};
 
 /// Upper bounds of the API latency histogram, in seconds.
 const BUCKETS: [f64; 11] = [
@@ -282,35 +282,77 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     std::mem::take(out)
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` from a background thread.
-pub fn serve(addr: SocketAddr, gauges: Gauges) -> Result<SocketAddr, String> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| format!("cannot serve metrics on {addr} (runner.metrics_listen): {e}"))?;
+/// `runner.metrics_listen` cannot be listened on.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot serve metrics on {addr} (runner.metrics_listen): {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Thread(#[from] SpawnError),
+}
+
+/// The metrics server: its address, and the handle that stops it.
+pub struct Server {
+    server: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Ends the serving thread (after the request in hand, if any).
+    pub fn stop(&self) {
+        self.server.unblock();
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` from a thread named
+/// `metrics`, until [`Server::stop`].
+pub fn serve(
+    addr: SocketAddr,
+    gauges: Gauges,
+    threads: &mut Threads,
+) -> Result<Server, ServeError> {
+    let server =
+        tiny_http::Server::http(addr).map_err(|source| ServeError::Listen { addr, source })?;
+    let server = Arc::new(server);
     let bound = server.server_addr().to_ip().unwrap_or(addr);
-    thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let (code, body, kind) = match (request.method(), request.url()) {
-                    (tiny_http::Method::Get, "/metrics") => (
-                        200,
-                        render(global(), &gauges),
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    ),
-                    (tiny_http::Method::Get, "/healthz") => match gauges.health.problem() {
-                        None => (200, "ok\n".to_string(), "text/plain; charset=utf-8"),
-                        Some(why) => (503, format!("{why}\n"), "text/plain; charset=utf-8"),
-                    },
-                    _ => (404, "not found\n".to_string(), "text/plain; charset=utf-8"),
-                };
-                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes());
-                let mut response = tiny_http::Response::from_string(body).with_status_code(code);
-                if let Ok(h) = header {
-                    response = response.with_header(h);
-                }
-                let _ = request.respond(response);
-            }
-        })
-        .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
-    Ok(bound)
+    let serving = server.clone();
+    threads.spawn("metrics", move || {
+        // Ends when `stop` unblocks it.
+        for request in serving.incoming_requests() {
+            respond(request, &gauges);
+        }
+    })?;
+    Ok(Server {
+        server,
+        addr: bound,
+    })
+}
+
+fn respond(request: tiny_http::Request, gauges: &Gauges) {
+    let (code, body, kind) = match (request.method(), request.url()) {
+        (tiny_http::Method::Get, "/metrics") => (
+            200,
+            render(global(), gauges),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (tiny_http::Method::Get, "/healthz") => match gauges.health.problem() {
+            None => (200, "ok\n".to_string(), "text/plain; charset=utf-8"),
+            Some(why) => (503, format!("{why}\n"), "text/plain; charset=utf-8"),
+        },
+        _ => (404, "not found\n".to_string(), "text/plain; charset=utf-8"),
+    };
+    let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes());
+    let mut response = tiny_http::Response::from_string(body).with_status_code(code);
+    if let Ok(h) = header {
+        response = response.with_header(h);
+    }
+    let _ = request.respond(response);
 }

@@ -21,8 +21,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::api::{Api, ApiError};
@@ -31,7 +30,8 @@ use crate::fsutil::{self, move_aside, CORRUPT_DIR};
 use crate::groupsync::GroupSync;
 use crate::ids::ExecutionId;
 use crate::journal::Journal;
-use crate::shutdown::Shutdown;
+use crate::runner::{SpawnError, Threads};
+use crate::shutdown::{Shutdown, Wake};
 use crate::statedir::StateDir;
 
 pub const OUTBOX_DIR: &str = "outbox";
@@ -94,7 +94,8 @@ struct Entry {
 struct Shared {
     dir: PathBuf,
     entries: Mutex<BTreeMap<u64, Entry>>,
-    wake: Condvar,
+    /// Wakes the sender thread: an entry was added or put back.
+    wake: Wake,
     next_seq: Mutex<u64>,
     journal: Journal,
     state: StateDir,
@@ -188,7 +189,7 @@ impl Outbox {
             shared: Arc::new(Shared {
                 dir,
                 entries: Mutex::new(entries),
-                wake: Condvar::new(),
+                wake: Wake::default(),
                 next_seq: Mutex::new(max_seq + 1),
                 journal,
                 state: state.clone(),
@@ -348,7 +349,7 @@ impl Outbox {
             entries.insert(seq, entry);
         }
         drop(entries);
-        self.shared.wake.notify_all();
+        self.shared.wake.notify();
         durability
     }
 
@@ -606,7 +607,7 @@ impl Outbox {
             }
         }
         drop(entries);
-        self.shared.wake.notify_all();
+        self.shared.wake.notify();
         Attempt::Pending
     }
 
@@ -661,63 +662,85 @@ impl Outbox {
     }
 
     /// Starts the sender thread, which delivers whatever the first attempts
-    /// (or a previous run) left behind.
-    pub fn start_sender(&self, api: Arc<Api>, shutdown: Shutdown) {
+    /// (or a previous run) left behind. It ends on a second signal or once
+    /// shutdown is finished; what it did not deliver waits on disk.
+    pub fn start_sender(
+        &self,
+        api: Arc<Api>,
+        shutdown: Shutdown,
+        threads: &mut Threads,
+    ) -> Result<(), SpawnError> {
         let outbox = self.clone();
-        let spawned = thread::Builder::new()
-            .name("outbox".into())
-            .spawn(move || outbox.sender_loop(&api, &shutdown));
-        if let Err(e) = spawned {
-            log::error!("cannot start the outbox sender: {e}; reports wait for the next start");
-        }
+        threads.spawn("outbox", move || {
+            while let Some(seq) = outbox.next_due(&shutdown) {
+                outbox.attempt(&api, seq);
+            }
+        })
     }
 
-    fn sender_loop(&self, api: &Api, shutdown: &Shutdown) {
+    /// Waits for the earliest due report of any execution, marks it being
+    /// sent and returns it; `None` when the sender is to stop.
+    fn next_due(&self, shutdown: &Shutdown) -> Option<u64> {
         loop {
+            if shutdown.is_forced() {
+                return None;
+            }
+            let now = Instant::now();
             let next = {
                 let mut entries = self.lock();
-                loop {
-                    let now = Instant::now();
-                    // The earliest report of each execution that is due.
-                    let mut seen = Vec::new();
-                    let mut due = None;
-                    let mut wait = Duration::from_secs(3600);
-                    for e in entries.values() {
-                        if seen.contains(&&e.execution_id) {
-                            continue;
+                match due(&entries, now) {
+                    Due::Now(seq) => {
+                        if let Some(e) = entries.get_mut(&seq) {
+                            e.sending = true;
+                            return Some(seq);
                         }
-                        seen.push(&e.execution_id);
-                        let Some(seq) = next_of(&entries, &e.execution_id) else {
-                            continue;
-                        };
-                        let Some(e) = entries.get(&seq) else {
-                            continue;
-                        };
-                        if e.sending {
-                            continue;
-                        }
-                        if e.retry_at <= now {
-                            due = Some(seq);
-                            break;
-                        }
-                        wait = wait.min(e.retry_at - now);
+                        continue;
                     }
-                    if let Some(seq) = due {
-                        let Some(e) = entries.get_mut(&seq) else {
-                            continue;
-                        };
-                        e.sending = true;
-                        break seq;
-                    }
-                    if shutdown.is_forced() {
-                        return;
-                    }
-                    entries = crate::sync::wait_timeout(&self.shared.wake, entries, wait);
+                    Due::At(at) => Some(at),
+                    Due::Nothing => None,
                 }
             };
-            self.attempt(api, next);
+            if !self.shared.wake.wait(next, shutdown.finished()) {
+                return None;
+            }
         }
     }
+}
+
+enum Due {
+    Now(u64),
+    At(Instant),
+    Nothing,
+}
+
+/// The first report of each execution, in order, is the one that may go:
+/// the earliest of those that is due now, or when the next one will be.
+fn due(entries: &BTreeMap<u64, Entry>, now: Instant) -> Due {
+    let mut seen = Vec::new();
+    let mut next = Due::Nothing;
+    for e in entries.values() {
+        if seen.contains(&&e.execution_id) {
+            continue;
+        }
+        seen.push(&e.execution_id);
+        let Some(seq) = next_of(entries, &e.execution_id) else {
+            continue;
+        };
+        let Some(e) = entries.get(&seq) else {
+            continue;
+        };
+        if e.sending {
+            continue;
+        }
+        if e.retry_at <= now {
+            return Due::Now(seq);
+        }
+        next = match next {
+            Due::At(at) if at <= e.retry_at => Due::At(at),
+            _ => Due::At(e.retry_at),
+        };
+    }
+    next
 }
 
 impl Entry {

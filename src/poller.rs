@@ -44,10 +44,13 @@ pub fn run(ctx: &Context, pool: &Pool, gate: &Gate) {
     let checkin = ctx.config.runner.checkin_timeout;
     loop {
         ctx.health.poll_tick();
-        if !pool
-            .slots
-            .wait_free(&ctx.shutdown, &|| ctx.health.poll_tick())
-        {
+        // Waiting for a slot is the loop working as it should: health
+        // counts it as moving however long the executions take.
+        let free = {
+            let _parked = ctx.health.parked();
+            pool.slots.wait_free(&ctx.shutdown)
+        };
+        if !free {
             break;
         }
         // Work taken now could not be made durable: none until it can.
@@ -190,7 +193,7 @@ fn to_work(pending: PendingExecution) -> Option<Work> {
     })))
 }
 
-/// Convenience for main: a shareable gate.
+/// A shareable gate, for the runner and the poller thread.
 pub fn gate() -> Arc<Gate> {
     Arc::new(Gate::default())
 }

@@ -276,11 +276,6 @@ impl Plan {
         Ok((plan, warnings))
     }
 
-    /// Whether the key is passed as `--key` (PROTOCOL.md §7).
-    pub fn pass_key(&self) -> bool {
-        self.pass_key
-    }
-
     /// Makes a freshly prepared execution directory usable by the executor's
     /// user: with `run_as`, the directory and the files in it (not below:
     /// the runner writes only top-level files) are given to that user, and

@@ -19,9 +19,10 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::fsutil;
+use crate::shutdown::Wake;
 
 pub const LOCK_FILE: &str = "flo-runner.lock";
 const PROBE_FILE: &str = ".flo-probe";
@@ -54,6 +55,8 @@ struct Inner {
     _lock: File,
     writable: AtomicBool,
     problem: Mutex<Option<String>>,
+    /// Told when `writable` flips (the heartbeat, so it says so at once).
+    on_change: OnceLock<Wake>,
 }
 
 impl StateDir {
@@ -107,6 +110,7 @@ impl StateDir {
                 _lock: file,
                 writable: AtomicBool::new(true),
                 problem: Mutex::new(None),
+                on_change: OnceLock::new(),
             }),
         })
     }
@@ -118,6 +122,18 @@ impl StateDir {
     /// Whether the last write (or probe) succeeded.
     pub fn is_writable(&self) -> bool {
         self.inner.writable.load(Ordering::SeqCst)
+    }
+
+    /// Has `wake` notified whenever the directory becomes writable or
+    /// unwritable (once; later calls are ignored).
+    pub fn on_change(&self, wake: Wake) {
+        let _ = self.inner.on_change.set(wake);
+    }
+
+    fn changed(&self) {
+        if let Some(wake) = self.inner.on_change.get() {
+            wake.notify();
+        }
     }
 
     /// Why the directory cannot be written, while it cannot.
@@ -138,6 +154,7 @@ impl StateDir {
             crate::metrics::global()
                 .state_dir_unwritable
                 .store(1, Ordering::Relaxed);
+            self.changed();
         }
         *problem = Some(why);
     }
@@ -186,6 +203,7 @@ impl StateDir {
             crate::metrics::global()
                 .state_dir_unwritable
                 .store(0, Ordering::Relaxed);
+            self.changed();
         }
         *problem = None;
         true

@@ -268,10 +268,6 @@ impl ProcessGroup {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.leader
-    }
-
     /// The identity recovery needs after a crash.
     pub fn spawned(&self) -> Spawned {
         Spawned {
