@@ -3,7 +3,10 @@
 //! plus an admin API under `/admin` for tests and people: enqueue work,
 //! inspect what the runner sent, queue malformed poll answers, inject faults.
 //!
-//! Layout: [`cli`] parses the command line; [`server`] accepts connections
+//! The public surface is [`main`], the admin [`client`] and the TLS settings
+//! ([`tls`]) that `flo-testkit` drives the server with.
+//!
+//! Layout: `cli` parses the command line; [`server`] accepts connections
 //! and gives each request a thread; [`dispatch`] sends `/admin/...` to
 //! [`admin`] and everything else to [`routes`] (the runner routes); both work
 //! on [`state`] behind one mutex in [`app`]. [`faults`] decides injected
@@ -12,23 +15,23 @@
 //! certificates) in front of [`server`]; its `config` builds the server's and
 //! the admin client's TLS settings from the certificate files.
 
-pub mod admin;
-pub mod app;
-pub mod auth;
-pub mod cli;
+mod admin;
+mod app;
+mod auth;
+mod cli;
 pub mod client;
-pub mod faults;
-pub mod http;
-pub mod routes;
-pub mod server;
-pub mod state;
+mod faults;
+mod http;
+mod routes;
+mod server;
+mod state;
 pub mod tls;
 
-pub use app::App;
-pub use http::{Incoming, Reply};
+use app::App;
+use http::{Incoming, Reply};
 
 /// Routes one request to the admin API or the runner routes.
-pub fn dispatch(app: &App, incoming: &Incoming) -> Reply {
+fn dispatch(app: &App, incoming: &Incoming) -> Reply {
     let segments = incoming.segments();
     match segments.first().map(String::as_str) {
         Some("admin") => admin::handle(app, incoming, &segments[1..]),

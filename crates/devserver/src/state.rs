@@ -487,10 +487,6 @@ impl State {
         }
     }
 
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     pub fn execution(&self, id: &str) -> Option<&Execution> {
         self.index.get(id).map(|&i| &self.executions[i])
     }

@@ -9,10 +9,10 @@
 //! --bins --examples`) builds the binaries first, and a missing one is a
 //! panic that says so.
 
-pub mod bins;
-pub mod http;
-pub mod process;
-pub mod results;
+mod bins;
+mod http;
+mod process;
+mod results;
 mod runner;
 mod server;
 
