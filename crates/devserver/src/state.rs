@@ -147,106 +147,88 @@ pub struct Execution {
 impl Execution {
     /// The `200` poll answer (PROTOCOL.md §4; §9 for the older generation).
     pub fn pending_json(&self, runner_record_id: Option<&str>, generation: Generation) -> Value {
-        if generation == Generation::March2026 {
-            return self.pending_json_2026_03(runner_record_id);
-        }
         let s = &self.spec;
-        json!({
-            "flo": {
-                "id": self.flo_id,
-                "name": s.name,
-                "organisation_id": s.organisation_id,
-                "author_id": s.owner_id,
-                "created_at": null,
-                "scale": 1,
-                "x": 0,
-                "y": 0,
-                "execution_count": 0,
-                "last_run": null,
-                "duration": null,
-                "duration_additional": null,
-                "last_execution": null,
-                "environment_id": s.environment_id,
-                "system_prompt": s.system_prompt,
-                "system_flow": s.system_flow,
-            },
-            "execution": {
-                "id": self.id,
-                "flo_id": self.flo_id,
-                "name": s.name,
-                "owner_id": s.owner_id,
-                "organisation_id": s.organisation_id,
-                "created_at": self.created_at,
-                "updated_at": null,
-                "completed_ad": null,
-                "triggered_by": null,
-                "execution_status": self.status.as_str(),
-                "completion_status": self.completion_status,
-                "sequence": self.sequence,
-                "data": s.trigger_data,
-                "runner_id": runner_record_id,
-                "trigger_type": s.trigger_type,
-                "author_email": s.author_email,
-                "triggerer_email": s.triggerer_email,
-                "entry_node_id": s.entry_node_id,
-            },
-            "data": s.flow,
-        })
+        let mut flo = json!({
+            "id": self.flo_id,
+            "name": s.name,
+            "organisation_id": s.organisation_id,
+            "author_id": s.owner_id,
+            "created_at": null,
+            "scale": 1,
+            "x": 0,
+            "y": 0,
+            "execution_count": 0,
+            "last_run": null,
+            "duration": null,
+            "duration_additional": null,
+            "last_execution": null,
+            "environment_id": s.environment_id,
+        });
+        let mut execution = json!({
+            "id": self.id,
+            "flo_id": self.flo_id,
+            "name": s.name,
+            "owner_id": s.owner_id,
+            "organisation_id": s.organisation_id,
+            "created_at": self.created_at,
+            "updated_at": null,
+            "triggered_by": null,
+            "completion_status": self.completion_status,
+            "runner_id": runner_record_id,
+        });
+        let (flo_fields, execution_fields) = match generation {
+            Generation::Current => self.current_fields(),
+            Generation::March2026 => self.fields_2026_03(),
+        };
+        extend(&mut flo, flo_fields);
+        extend(&mut execution, execution_fields);
+        json!({ "flo": flo, "execution": execution, "data": s.flow })
     }
 
-    /// The older generation's poll answer (PROTOCOL.md §9): "created" and
+    /// The current generation's own fields of the flo and the execution.
+    fn current_fields(&self) -> (Value, Value) {
+        let s = &self.spec;
+        let flo = json!({
+            "system_prompt": s.system_prompt,
+            "system_flow": s.system_flow,
+        });
+        let execution = json!({
+            // Sic: the API's field name.
+            "completed_ad": null,
+            "execution_status": self.status.as_str(),
+            "sequence": self.sequence,
+            "data": s.trigger_data,
+            "trigger_type": s.trigger_type,
+            "author_email": s.author_email,
+            "triggerer_email": s.triggerer_email,
+            "entry_node_id": s.entry_node_id,
+        });
+        (flo, execution)
+    }
+
+    /// The older generation's own fields (PROTOCOL.md §9): "created" and
     /// sequence 0, the trigger data as a base64 string of its JSON bytes (a
     /// JSONB column scanned into an interface, which Go marshals as bytes),
     /// extra fields, and no system prompt, system flow, trigger type, e-mails
     /// or entry node.
-    fn pending_json_2026_03(&self, runner_record_id: Option<&str>) -> Value {
-        let s = &self.spec;
-        let data = match &s.trigger_data {
+    fn fields_2026_03(&self) -> (Value, Value) {
+        let data = match &self.spec.trigger_data {
             Value::Null => Value::Null,
             other => Value::String(
                 base64::engine::general_purpose::STANDARD.encode(other.to_string().as_bytes()),
             ),
         };
-        json!({
-            "flo": {
-                "id": self.flo_id,
-                "name": s.name,
-                "organisation_id": s.organisation_id,
-                "author_id": s.owner_id,
-                "created_at": null,
-                "scale": 1,
-                "x": 0,
-                "y": 0,
-                "execution_count": 0,
-                "last_run": null,
-                "duration": null,
-                "duration_additional": null,
-                "last_execution": null,
-                "environment_id": s.environment_id,
-                "environment_name": null,
-                "triggers": [],
-            },
-            "execution": {
-                "id": self.id,
-                "flo_id": self.flo_id,
-                "name": s.name,
-                "owner_id": s.owner_id,
-                "organisation_id": s.organisation_id,
-                "created_at": self.created_at,
-                "updated_at": null,
-                "completed_at": null,
-                "triggered_by": null,
-                "execution_status": "created",
-                "completion_status": self.completion_status,
-                "sequence": 0,
-                "data": data,
-                "runner_id": runner_record_id,
-                "result": null,
-                "duration": null,
-                "billing_duration": null,
-            },
-            "data": s.flow,
-        })
+        let flo = json!({ "environment_name": null, "triggers": [] });
+        let execution = json!({
+            "completed_at": null,
+            "execution_status": "created",
+            "sequence": 0,
+            "data": data,
+            "result": null,
+            "duration": null,
+            "billing_duration": null,
+        });
+        (flo, execution)
     }
 
     pub fn summary_json(&self) -> Value {
@@ -570,6 +552,13 @@ pub fn new_uuid() -> String {
 /// Now, RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Adds the fields of the object `more` to the object `into`.
+fn extend(into: &mut Value, more: Value) {
+    if let (Value::Object(into), Value::Object(more)) = (into, more) {
+        into.extend(more);
+    }
 }
 
 #[cfg(test)]
