@@ -1,5 +1,5 @@
 //! flo-runner: parse the command line, then run one mode. The pipeline
-//! itself starts in [`flo_runner::Runner`] (src/runner.rs).
+//! itself starts in [`flo_runner::Runner`] (`src/runner/`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -21,7 +21,6 @@
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, SystemTime};
 
 use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags};
@@ -31,6 +30,7 @@ use crate::dirwalk::{self, FileId, Limits};
 use crate::disklimit::DiskWatch;
 use crate::ids::{ExecutionId, FloId};
 use crate::journal::Journal;
+use crate::runner::{SpawnError, Threads};
 use crate::shutdown::Shutdown;
 
 /// `execution.retention_interval_secs` unless set.
@@ -130,28 +130,25 @@ impl Retention {
         self
     }
 
-    pub fn start(self, shutdown: Shutdown) {
+    /// Sweeps every `every` on a thread of `threads` until the first stop
+    /// signal; nothing to do (no limit set) starts nothing.
+    pub fn start(self, shutdown: Shutdown, threads: &mut Threads) -> Result<(), SpawnError> {
         if self.max_age.is_none() && self.max_bytes.is_none() && self.max_entries.is_none() {
-            return;
+            return Ok(());
         }
-        let spawned = thread::Builder::new()
-            .name("retention".into())
-            .spawn(move || loop {
-                let (removed, freed) = self.sweep();
-                if removed > 0 {
-                    log::info!(
-                        "retention: removed {removed} finished execution director{} ({} MiB)",
-                        if removed == 1 { "y" } else { "ies" },
-                        freed / (1024 * 1024)
-                    );
-                }
-                if shutdown.sleep(self.every) {
-                    return;
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!("cannot start the retention thread: {e}; execution directories are kept");
-        }
+        threads.spawn("retention", move || loop {
+            let (removed, freed) = self.sweep();
+            if removed > 0 {
+                log::info!(
+                    "retention: removed {removed} finished execution director{} ({} MiB)",
+                    if removed == 1 { "y" } else { "ies" },
+                    freed / (1024 * 1024)
+                );
+            }
+            if shutdown.sleep(self.every) {
+                return;
+            }
+        })
     }
 
     fn open_root(&self) -> Option<OwnedFd> {

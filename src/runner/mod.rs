@@ -183,7 +183,7 @@ impl Runner {
         .max_entries(exec.retention_max_entries)
         .every(exec.retention_interval)
         .sparing(ctx.disk.clone())
-        .start(self.shutdown.clone());
+        .start(self.shutdown.clone(), &mut self.threads)?;
 
         let gate = poller::gate();
         {
