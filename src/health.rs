@@ -10,6 +10,7 @@
 //! written at all (a read-only directory) goes stale, and `health` then
 //! tests the directory itself to say why.
 
+use std::fmt;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -293,31 +294,78 @@ fn evaluate(
     None
 }
 
+/// A runner that `flo-runner health` finds well.
+#[derive(Debug)]
+pub struct Healthy {
+    pub pid: u32,
+    /// Seconds since its last heartbeat.
+    pub age: u64,
+}
+
+impl fmt::Display for Healthy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "healthy (pid {}, heartbeat {} s ago)",
+            self.pid, self.age
+        )
+    }
+}
+
+/// Why `flo-runner health` finds the runner unwell.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("state directory {} cannot be written ({source}); the runner takes no new work until it can", dir.display())]
+    StateDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no heartbeat at {} ({source}): is the runner running?", path.display())]
+    NoHeartbeat {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a heartbeat: {source}", path.display())]
+    NotAHeartbeat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the runner (pid {pid}) is not running")]
+    Gone { pid: u32 },
+    #[error("the runner (pid {pid}) is not running: that pid is now {now:?}")]
+    PidReused { pid: u32, now: String },
+    #[error("the heartbeat is {age} s old (pid {pid})")]
+    Stale { age: u64, pid: u32 },
+    /// What the heartbeat itself reports: not registered, a stuck poll
+    /// loop, an unwritable state directory, every poll refused.
+    #[error("{0}")]
+    Reported(String),
+}
+
 /// `flo-runner health`: reads the heartbeat of the runner using `state_dir`.
-pub fn check(state_dir: &Path) -> Result<String, String> {
+pub fn check(state_dir: &Path) -> Result<Healthy, Unhealthy> {
     let path: PathBuf = state_dir.join(HEARTBEAT_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        disk_problem(state_dir).unwrap_or_else(|| {
-            format!(
-                "no heartbeat at {} ({e}): is the runner running?",
-                path.display()
-            )
-        })
-    })?;
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(source) => {
+            return Err(disk_problem(state_dir).unwrap_or(Unhealthy::NoHeartbeat { path, source }))
+        }
+    };
     let beat: Heartbeat = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a heartbeat: {e}", path.display()))?;
+        .map_err(|source| Unhealthy::NotAHeartbeat { path, source })?;
     let now = now_secs();
-    if !Path::new(&format!("/proc/{}", beat.pid)).exists() {
-        return Err(format!("the runner (pid {}) is not running", beat.pid));
+    let pid = beat.pid;
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(Unhealthy::Gone { pid });
     }
     // A heartbeat left by a runner that died, whose pid now belongs to
     // some other program, must not pass for a live runner.
-    match (comm(&beat.pid.to_string()), comm("self")) {
+    match (comm(&pid.to_string()), comm("self")) {
         (Some(theirs), Some(ours)) if theirs != ours => {
-            return Err(format!(
-                "the runner (pid {}) is not running: that pid is now {theirs:?}",
-                beat.pid
-            ));
+            return Err(Unhealthy::PidReused { pid, now: theirs });
         }
         _ => {}
     }
@@ -325,15 +373,14 @@ pub fn check(state_dir: &Path) -> Result<String, String> {
     if age > STALE_AFTER {
         // A runner that cannot write its heartbeat most likely cannot write
         // anything else there either: say that rather than "stale".
-        return Err(disk_problem(state_dir)
-            .unwrap_or_else(|| format!("the heartbeat is {age} s old (pid {})", beat.pid)));
+        return Err(disk_problem(state_dir).unwrap_or(Unhealthy::Stale { age, pid }));
     }
     if let Some(problem) = evaluate(beat.registered, beat.poll_loop_at, beat.state_problem, now)
         .or_else(|| beat.poll_refused.problem(now))
     {
-        return Err(problem);
+        return Err(Unhealthy::Reported(problem));
     }
-    Ok(format!("healthy (pid {}, heartbeat {age} s ago)", beat.pid))
+    Ok(Healthy { pid, age })
 }
 
 /// The command name of a process (`/proc/<pid>/comm`: readable even for a
@@ -345,13 +392,13 @@ fn comm(pid: &str) -> Option<String> {
 }
 
 /// Why `state_dir` cannot be written, if a test write fails there.
-fn disk_problem(state_dir: &Path) -> Option<String> {
-    statedir::probe_dir(state_dir).err().map(|e| {
-        format!(
-            "state directory {} cannot be written ({e}); the runner takes no new work until it can",
-            state_dir.display()
-        )
-    })
+fn disk_problem(state_dir: &Path) -> Option<Unhealthy> {
+    statedir::probe_dir(state_dir)
+        .err()
+        .map(|source| Unhealthy::StateDir {
+            dir: state_dir.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -394,7 +441,7 @@ mod tests {
             serde_json::to_vec(&stale).unwrap(),
         )
         .unwrap();
-        assert!(check(dir.path()).unwrap_err().contains("old"));
+        assert!(check(dir.path()).unwrap_err().to_string().contains("old"));
     }
 
     #[test]

@@ -59,7 +59,7 @@ mod workspace;
 pub use check::run as check;
 /// `flo-runner health`: reads the heartbeat of the runner using a state
 /// directory; `Ok` says it is healthy, `Err` why not.
-pub use health::check as health;
+pub use health::{check as health, Healthy, Unhealthy};
 pub use runner::{RunError, Runner, SpawnError};
 /// Call first in `main`: flows of the runner's user must not read its memory.
 pub use sandbox::make_non_dumpable;
