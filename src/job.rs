@@ -17,7 +17,7 @@ use crate::logship::LogShipper;
 use crate::output::{LogTail, Output, OutputFile};
 use crate::report;
 use crate::shutdown::Shutdown;
-use crate::workspace::{self, Job};
+use crate::workspace::{self, Job, Workspace};
 
 /// How long a claim is retried on transport errors and 5xx.
 pub const CLAIM_LIMIT: Duration = Duration::from_secs(60);
@@ -68,30 +68,53 @@ pub fn handle(ctx: &Context, work: Work) {
 
 fn run(ctx: &Context, job: &Job) {
     let id = &job.execution_id;
+    // The journal entry is durable before the claim goes out: if the runner
+    // dies from here on, the next start knows this execution.
+    let Some(open) = begin(ctx, record(ctx, job)) else {
+        return;
+    };
+    let Some(mut open) = claimed(ctx, id, open) else {
+        return;
+    };
+    let ws = match workspace::prepare(&ctx.config, &ctx.identity.identifier, job) {
+        Ok(ws) => ws,
+        Err(e) => {
+            let why = format!("cannot prepare the execution directory: {e}");
+            return not_run(ctx, open, id, &why);
+        }
+    };
+    let ran = execute(ctx, job, &ws, &mut open);
+    finish(ctx, open, &ws, ran);
+}
+
+/// The journal entry of a job about to be claimed: no executor yet.
+fn record(ctx: &Context, job: &Job) -> Record {
+    let id = &job.execution_id;
     let dir = workspace::execution_dir(&ctx.config.execution.execution_directory, &job.flo_id, id);
-    let record = Record {
+    Record {
         execution_id: id.to_string(),
         flo_id: job.flo_id.to_string(),
-        dir: dir.clone(),
+        dir,
         started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         pid: None,
         pid_start: None,
         boot_id: crate::supervise::boot_id(),
         cgroup: None,
-    };
-    // The journal entry is durable before the claim goes out: if the runner
-    // dies from here on, the next start knows this execution.
-    let Some(mut open) = begin(ctx, record) else {
-        return;
-    };
+    }
+}
+
+/// Sends the claim. The entry comes back only if the claim is confirmed;
+/// otherwise it is closed here: abandoned when refused, reported as errored
+/// when the outcome stayed unknown.
+fn claimed<'a>(ctx: &Context, id: &ExecutionId, open: Open<'a>) -> Option<Open<'a>> {
     match claim(&ctx.api, id, &ctx.shutdown) {
-        Claim::Confirmed => {}
+        Claim::Confirmed => Some(open),
         Claim::Refused(code) => {
             log::warn!(
                 "execution {id}: claim refused (HTTP {code}); it is no longer ours, not running it"
             );
             open.abandon();
-            return;
+            None
         }
         Claim::GaveUp(e) => {
             // The server may have taken the claim; report so it does not
@@ -100,21 +123,33 @@ fn run(ctx: &Context, job: &Job) {
                 "could not confirm the claim within {} s ({e}); not run",
                 CLAIM_LIMIT.as_secs()
             );
-            log::error!("execution {id}: {why}");
-            open.settle(&ctx.api, &[], &report::errored(&why, ""), None);
-            return;
+            not_run(ctx, open, id, &why);
+            None
         }
     }
-    let ws = match workspace::prepare(&ctx.config, &ctx.identity.identifier, job) {
-        Ok(ws) => ws,
-        Err(e) => {
-            let why = format!("cannot prepare the execution directory: {e}");
-            log::error!("execution {id}: {why}");
-            open.settle(&ctx.api, &[], &report::errored(&why, ""), None);
-            return;
-        }
-    };
-    let args = executor::arguments(&ctx.config, &ctx.identity, job, &ws);
+}
+
+/// A claimed execution that will not run: reported as errored, with no
+/// output and no execution directory.
+fn not_run(ctx: &Context, open: Open<'_>, id: &ExecutionId, why: &str) {
+    log::error!("execution {id}: {why}");
+    open.settle(&ctx.api, &[], &report::errored(why, ""), None);
+}
+
+/// What a run of the executor left for its result.
+struct Ran {
+    outcome: executor::RunOutcome,
+    /// Log lines the shipper could not send; they go with the result.
+    unsent: Vec<String>,
+    /// The tail of the output, for the result's `logs`.
+    logs: String,
+}
+
+/// Runs the executor in the prepared directory, its output going to the
+/// tail, `output.log` and the shipper, and its disk use watched.
+fn execute(ctx: &Context, job: &Job, ws: &Workspace, open: &mut Open<'_>) -> Ran {
+    let id = &job.execution_id;
+    let args = executor::arguments(&ctx.config, &ctx.identity, job, ws);
     crate::metrics::global()
         .executions_started
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -127,29 +162,7 @@ fn run(ctx: &Context, job: &Job) {
     }));
     ctx.shipper.open(id);
     ctx.disk.register(id, ws.fd.clone());
-    let outcome = {
-        let sink = sink.clone();
-        let shipper = ctx.shipper.clone();
-        let line_id = id.clone();
-        let on_spawn = |spawned: &crate::supervise::Spawned| open.spawned(spawned);
-        let launch = executor::Launch {
-            config: &ctx.config,
-            sandbox: &ctx.sandbox,
-            dir: &ws.dir,
-            args,
-            job,
-            watcher: &ctx.watcher,
-        };
-        executor::run(launch, on_spawn, move |output| match output {
-            Output::Line(line) => {
-                let mut s = crate::sync::lock(&sink);
-                s.tail.push(&line);
-                s.file.write_line(&line);
-                shipper.push(&line_id, line);
-            }
-            Output::CaughtUp => crate::sync::lock(&sink).file.flush(),
-        })
-    };
+    let outcome = launch(ctx, job, ws, args, open, &sink);
     ctx.disk.deregister(id);
     let unsent = ctx.shipper.finish(id, LOG_FINISH_LIMIT);
     let logs = {
@@ -166,6 +179,53 @@ fn run(ctx: &Context, job: &Job) {
         );
         s.tail.render()
     };
+    Ran {
+        outcome,
+        unsent,
+        logs,
+    }
+}
+
+/// One run of the executor; its pid goes into the journal entry once it is
+/// spawned, each line of its output into the sink and the shipper.
+fn launch(
+    ctx: &Context,
+    job: &Job,
+    ws: &Workspace,
+    args: Vec<std::ffi::OsString>,
+    open: &mut Open<'_>,
+    sink: &Arc<Mutex<Sink>>,
+) -> executor::RunOutcome {
+    let sink = sink.clone();
+    let shipper = ctx.shipper.clone();
+    let line_id = job.execution_id.clone();
+    let on_spawn = |spawned: &crate::supervise::Spawned| open.spawned(spawned);
+    let launch = executor::Launch {
+        config: &ctx.config,
+        sandbox: &ctx.sandbox,
+        dir: &ws.dir,
+        args,
+        job,
+        watcher: &ctx.watcher,
+    };
+    executor::run(launch, on_spawn, move |output| match output {
+        Output::Line(line) => {
+            let mut s = crate::sync::lock(&sink);
+            s.tail.push(&line);
+            s.file.write_line(&line);
+            shipper.push(&line_id, line);
+        }
+        Output::CaughtUp => crate::sync::lock(&sink).file.flush(),
+    })
+}
+
+/// The result built from the run, counted, and settled in the ledger.
+fn finish(ctx: &Context, open: Open<'_>, ws: &Workspace, ran: Ran) {
+    let Ran {
+        outcome,
+        unsent,
+        logs,
+    } = ran;
     let result = report::build(
         &ws.fd,
         &outcome.status,

@@ -32,45 +32,18 @@ pub fn register(
     shutdown: &Shutdown,
 ) -> Result<u16, RegistrationError> {
     let started = Instant::now();
-    let deadline = started + policy.max_duration;
-    let mut delay = EXPONENTIAL_START;
+    let mut retry = Retry::new(policy, started);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
         let last = match api.register(body) {
             Ok(status) => {
-                // What the API offers is found out again from here: the API
-                // behind the URL may have been upgraded (or replaced).
-                api.reset_generation();
-                log::info!(
-                    "registered with {} as {} ({})",
-                    api.base_url(),
-                    body.identifier,
-                    if status == 201 {
-                        "already known"
-                    } else {
-                        "newly enrolled"
-                    }
-                );
+                registered(api, body, status);
                 return Ok(status);
             }
             Err(e) => describe(api, &e),
         };
-        let wait = match policy.strategy {
-            RetryStrategy::None => None,
-            RetryStrategy::Interval => Some(policy.interval),
-            RetryStrategy::Exponential => {
-                let now = Instant::now();
-                if now >= deadline {
-                    None
-                } else {
-                    let d = delay.min(deadline - now);
-                    delay = delay.saturating_mul(2);
-                    Some(d)
-                }
-            }
-        };
-        let Some(wait) = wait else {
+        let Some(wait) = retry.next_wait() else {
             // The caller prints the error (one line, with `last` in it).
             return Err(RegistrationError::GaveUp {
                 url: api.base_url().to_string(),
@@ -85,6 +58,58 @@ pub fn register(
         );
         if shutdown.sleep(wait) {
             return Err(RegistrationError::Interrupted);
+        }
+    }
+}
+
+fn registered(api: &Api, body: &RegistrationRequest, status: u16) {
+    // What the API offers is found out again from here: the API
+    // behind the URL may have been upgraded (or replaced).
+    api.reset_generation();
+    log::info!(
+        "registered with {} as {} ({})",
+        api.base_url(),
+        body.identifier,
+        if status == 201 {
+            "already known"
+        } else {
+            "newly enrolled"
+        }
+    );
+}
+
+/// The waits between attempts, per the policy's strategy. The exponential
+/// one doubles from [`EXPONENTIAL_START`] and stops at the deadline, its
+/// last wait cut to end there.
+struct Retry<'a> {
+    policy: &'a RegistrationRetry,
+    deadline: Instant,
+    delay: Duration,
+}
+
+impl<'a> Retry<'a> {
+    fn new(policy: &'a RegistrationRetry, started: Instant) -> Self {
+        Retry {
+            policy,
+            deadline: started + policy.max_duration,
+            delay: EXPONENTIAL_START,
+        }
+    }
+
+    /// The wait before the next attempt; `None` to give up.
+    fn next_wait(&mut self) -> Option<Duration> {
+        match self.policy.strategy {
+            RetryStrategy::None => None,
+            RetryStrategy::Interval => Some(self.policy.interval),
+            RetryStrategy::Exponential => {
+                let now = Instant::now();
+                if now >= self.deadline {
+                    return None;
+                }
+                let d = self.delay.min(self.deadline - now);
+                self.delay = self.delay.saturating_mul(2);
+                Some(d)
+            }
         }
     }
 }

@@ -24,63 +24,53 @@ pub fn build(
     logs: String,
     max_state_bytes: u64,
 ) -> ExecutionResult {
-    let mut has_errored = false;
-    let mut cancelled = false;
     let state_read = match status {
         Err(why) => Err(why.to_string()),
         Ok(_) => read_state(dir, max_state_bytes),
     };
-    let mut state = match state_read {
+    let (mut state, state_errored) = match state_read {
+        // A `status` other than 0 is the flow's own word that it failed.
         Ok(state) => {
-            if let Some(n) = state.get("status").and_then(Value::as_f64) {
-                if n != 0.0 {
-                    has_errored = true;
-                }
-            }
-            state
+            let failed = state
+                .get("status")
+                .and_then(Value::as_f64)
+                .is_some_and(|n| n != 0.0);
+            (state, failed)
         }
-        Err(why) => {
-            has_errored = true;
-            error_state(&why, &logs)
-        }
+        Err(why) => (error_state(&why, &logs), true),
     };
-    if let Ok(status) = status {
-        if !status.success() {
-            has_errored = true;
-        }
-    }
-    match stopped {
-        None => {}
-        Some(StopReason::Cancelled) => {
-            cancelled = true;
-            has_errored = true;
-        }
-        Some(StopReason::TimedOut(limit)) => {
-            has_errored = true;
-            state.insert(
-                "error".into(),
-                json!(format!("timed out after {} s", limit.as_secs())),
-            );
-        }
-        Some(StopReason::DiskLimit(over)) => {
-            has_errored = true;
-            state.insert("error".into(), json!(over.to_string()));
-        }
-        Some(StopReason::Shutdown) => {
-            cancelled = true;
-            has_errored = true;
-            state.insert(
-                "error".into(),
-                json!("stopped because the runner was shutting down"),
-            );
-        }
-    }
+    let exit_failed = matches!(status, Ok(status) if !status.success());
+    let cancelled = apply_stop(stopped, &mut state);
     state.insert("logs".into(), json!(logs));
     ExecutionResult {
-        has_errored,
+        has_errored: state_errored || exit_failed || stopped.is_some(),
         cancelled,
         state,
     }
+}
+
+/// What a stop by the runner adds to the result. Every stop makes it
+/// errored (the caller's part); a cancel or a shutdown also makes it
+/// `cancelled`, returned here; a timeout, a disk limit or a shutdown puts
+/// why in `error`, over what `state.json` said.
+fn apply_stop(stopped: Option<StopReason>, state: &mut Map<String, Value>) -> bool {
+    let (cancelled, error) = match stopped {
+        None => return false,
+        Some(StopReason::Cancelled) => (true, None),
+        Some(StopReason::TimedOut(limit)) => (
+            false,
+            Some(format!("timed out after {} s", limit.as_secs())),
+        ),
+        Some(StopReason::DiskLimit(over)) => (false, Some(over.to_string())),
+        Some(StopReason::Shutdown) => (
+            true,
+            Some("stopped because the runner was shutting down".to_string()),
+        ),
+    };
+    if let Some(error) = error {
+        state.insert("error".into(), json!(error));
+    }
+    cancelled
 }
 
 /// An errored result with no `state.json` behind it: an execution never run
