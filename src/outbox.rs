@@ -284,58 +284,12 @@ impl Outbox {
         uncertain: bool,
         reservation: Option<Reservation>,
     ) -> Durability {
-        let mut added = Vec::new();
-        let mut renamed = false;
         let reserved = reservation.is_some();
-        for body in log_batches {
-            let seq = self.next_seq();
-            let path = self.path_for(seq, Kind::Logs, id);
-            match fsutil::write_synced(&path, body, fsutil::FILE_MODE) {
-                Ok(()) => {
-                    renamed = true;
-                    added.push((
-                        seq,
-                        Entry::new(Kind::Logs, id.clone(), Stored::File(path), false),
-                    ));
-                }
-                Err(e) => {
-                    self.shared.state.write_failed("outbox", &e);
-                    log::warn!("execution {id}: cannot keep its last log lines in the outbox ({e}); the result carries the log tail");
-                }
-            }
-        }
+        let mut added = self.write_logs(id, log_batches);
+        let renamed = !added.is_empty();
         crate::failpoint::hit("outbox.logs-written");
-        let (seq, path, written) = match reservation {
-            Some(r) => {
-                let written = Self::fill(&r, result);
-                (r.seq, r.path, written)
-            }
-            None => {
-                let seq = self.next_seq();
-                let path = self.path_for(seq, Kind::Result, id);
-                let written = fsutil::write_synced(&path, result, fsutil::FILE_MODE);
-                (seq, path, written)
-            }
-        };
-        let durability = match written {
-            Ok(()) => {
-                added.push((
-                    seq,
-                    Entry::new(Kind::Result, id.clone(), Stored::File(path), uncertain),
-                ));
-                Durability::Durable
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                self.shared.state.write_failed("outbox", &e);
-                log::error!(
-                    "execution {id}: cannot write its result to the outbox ({e}); keeping it in memory and sending it until the API acknowledges it"
-                );
-                let body = Stored::Memory(Arc::new(result.to_vec()));
-                added.push((seq, Entry::new(Kind::Result, id.clone(), body, uncertain)));
-                Durability::InMemory
-            }
-        };
+        let (seq, entry, durability) = self.write_result(id, result, uncertain, reservation);
+        added.push((seq, entry));
         if renamed || (!reserved && durability == Durability::Durable) {
             // One directory sync makes every rename above durable.
             if let Err(e) = self.sync_dir() {
@@ -351,6 +305,69 @@ impl Outbox {
         drop(entries);
         self.shared.wake.notify();
         durability
+    }
+
+    /// Writes each log batch to its own file (synced, renamed into place;
+    /// the directory sync is the caller's). One that cannot be written is
+    /// left out.
+    fn write_logs(&self, id: &ExecutionId, log_batches: &[Vec<u8>]) -> Vec<(u64, Entry)> {
+        let mut added = Vec::new();
+        for body in log_batches {
+            let seq = self.next_seq();
+            let path = self.path_for(seq, Kind::Logs, id);
+            match fsutil::write_synced(&path, body, fsutil::FILE_MODE) {
+                Ok(()) => {
+                    added.push((
+                        seq,
+                        Entry::new(Kind::Logs, id.clone(), Stored::File(path), false),
+                    ));
+                }
+                Err(e) => {
+                    self.shared.state.write_failed("outbox", &e);
+                    log::warn!("execution {id}: cannot keep its last log lines in the outbox ({e}); the result carries the log tail");
+                }
+            }
+        }
+        added
+    }
+
+    /// Writes the result into its reservation, or a new file, and returns
+    /// its entry: in memory when the disk refused it.
+    fn write_result(
+        &self,
+        id: &ExecutionId,
+        result: &[u8],
+        uncertain: bool,
+        reservation: Option<Reservation>,
+    ) -> (u64, Entry, Durability) {
+        let (seq, path, written) = match reservation {
+            Some(r) => {
+                let written = Self::fill(&r, result);
+                (r.seq, r.path, written)
+            }
+            None => {
+                let seq = self.next_seq();
+                let path = self.path_for(seq, Kind::Result, id);
+                let written = fsutil::write_synced(&path, result, fsutil::FILE_MODE);
+                (seq, path, written)
+            }
+        };
+        match written {
+            Ok(()) => {
+                let entry = Entry::new(Kind::Result, id.clone(), Stored::File(path), uncertain);
+                (seq, entry, Durability::Durable)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                self.shared.state.write_failed("outbox", &e);
+                log::error!(
+                    "execution {id}: cannot write its result to the outbox ({e}); keeping it in memory and sending it until the API acknowledges it"
+                );
+                let body = Stored::Memory(Arc::new(result.to_vec()));
+                let entry = Entry::new(Kind::Result, id.clone(), body, uncertain);
+                (seq, entry, Durability::InMemory)
+            }
+        }
     }
 
     /// Makes the renames done so far durable, one directory fsync for all
