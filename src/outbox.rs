@@ -153,42 +153,7 @@ impl Outbox {
     pub fn open(state: &StateDir, journal: Journal) -> io::Result<Self> {
         let dir = state.path().join(OUTBOX_DIR);
         fsutil::create_dir_all(&dir)?;
-        let mut entries = BTreeMap::new();
-        let mut max_seq = 0;
-        for item in fs::read_dir(&dir)? {
-            let item = item?;
-            let path = item.path();
-            if !item.file_type()?.is_file() {
-                continue;
-            }
-            let name = item.file_name().to_string_lossy().into_owned();
-            if fsutil::is_temp(&name) {
-                // A write that never finished: it was never handed to anyone.
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            let parsed = parse_name(&name);
-            if let Some((seq, _, _)) = &parsed {
-                // Even a corrupt report's number is never reused.
-                max_seq = max_seq.max(*seq);
-            }
-            if item.metadata()?.len() == 0 {
-                // A reservation never filled: the execution's journal entry
-                // stands for it (recovery reports it).
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            match parsed.filter(|_| looks_like_json(&path)) {
-                Some((seq, kind, execution_id)) => {
-                    // The previous run may have sent it: ask before resending.
-                    entries.insert(
-                        seq,
-                        Entry::new(kind, execution_id, Stored::File(path), true),
-                    );
-                }
-                None => move_aside(&dir.join(CORRUPT_DIR), &path, "not a readable report"),
-            }
-        }
+        let (entries, max_seq) = load(&dir)?;
         if !entries.is_empty() {
             log::info!(
                 "outbox: {} report(s) left by a previous run will be delivered",
@@ -841,6 +806,48 @@ fn next_of(entries: &BTreeMap<u64, Entry>, id: &ExecutionId) -> Option<u64> {
         }
     }
     result
+}
+
+/// What a previous run left in `dir`: the reports to deliver, and the
+/// highest number in use (never reused, even a corrupt report's).
+fn load(dir: &Path) -> io::Result<(BTreeMap<u64, Entry>, u64)> {
+    let mut entries = BTreeMap::new();
+    let mut max_seq = 0;
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        let path = item.path();
+        if !item.file_type()?.is_file() {
+            continue;
+        }
+        let name = item.file_name().to_string_lossy().into_owned();
+        if fsutil::is_temp(&name) {
+            // A write that never finished: it was never handed to anyone.
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let parsed = parse_name(&name);
+        if let Some((seq, _, _)) = &parsed {
+            // Even a corrupt report's number is never reused.
+            max_seq = max_seq.max(*seq);
+        }
+        if item.metadata()?.len() == 0 {
+            // A reservation never filled: the execution's journal entry
+            // stands for it (recovery reports it).
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        match parsed.filter(|_| looks_like_json(&path)) {
+            Some((seq, kind, execution_id)) => {
+                // The previous run may have sent it: ask before resending.
+                entries.insert(
+                    seq,
+                    Entry::new(kind, execution_id, Stored::File(path), true),
+                );
+            }
+            None => move_aside(&dir.join(CORRUPT_DIR), &path, "not a readable report"),
+        }
+    }
+    Ok((entries, max_seq))
 }
 
 /// `{seq}.{kind}.{execution_id}.json`
