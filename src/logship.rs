@@ -61,9 +61,7 @@ impl Queue {
     fn full(&self) -> bool {
         self.lines.len() >= MAX_QUEUED_LINES || self.bytes >= MAX_QUEUED_BYTES
     }
-}
 
-impl Queue {
     fn due(&self, now: Instant, batch_lines: usize, flush: Duration) -> Option<Instant> {
         if self.sending || (self.lines.is_empty() && self.dropped == 0) {
             return None;
@@ -229,15 +227,7 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
     loop {
         let mut queues = crate::sync::lock(&shared.queues);
         let now = Instant::now();
-        let mut next: Option<(Instant, ExecutionId)> = None;
-        for (id, q) in queues.iter() {
-            if let Some(at) = q.due(now, shared.batch_lines, shared.flush) {
-                if next.as_ref().is_none_or(|(t, _)| at < *t) {
-                    next = Some((at, id.clone()));
-                }
-            }
-        }
-        let id = match next {
+        let id = match earliest_due(&queues, now, shared.batch_lines, shared.flush) {
             Some((at, id)) if at <= now => id,
             other => {
                 // Idle: sleep until the next batch is due, or until woken.
@@ -254,79 +244,132 @@ fn sender_loop(shared: &Shared, api: &Api, shutdown: &Shutdown) {
         let Some(q) = queues.get_mut(&id) else {
             continue;
         };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        if q.dropped > 0 {
-            batch.push(dropped_marker(q.dropped));
-        }
-        while let Some(line) = q.lines.front() {
-            if batch.len() >= shared.batch_lines
-                || (!batch.is_empty() && bytes + line.len() > MAX_BATCH_BYTES)
-            {
-                break;
-            }
-            bytes += line.len();
-            if let Some(line) = q.lines.pop_front() {
-                batch.push(line);
-            }
-        }
-        let dropped = std::mem::take(&mut q.dropped);
-        q.bytes -= bytes;
-        q.sending = true;
+        let batch = q.take_batch(shared.batch_lines);
         drop(queues);
 
-        let result = api.send_logs(&id, &batch);
+        let result = api.send_logs(&id, &batch.lines);
 
         let mut queues = crate::sync::lock(&shared.queues);
         let Some(q) = queues.get_mut(&id) else {
             continue;
         };
-        q.sending = false;
+        q.settle(&id, batch, result, shutdown);
+        shared.drained.notify_all();
+    }
+}
+
+/// The queue whose batch is due first, and when.
+fn earliest_due(
+    queues: &HashMap<ExecutionId, Queue>,
+    now: Instant,
+    batch_lines: usize,
+    flush: Duration,
+) -> Option<(Instant, ExecutionId)> {
+    let mut next: Option<(Instant, &ExecutionId)> = None;
+    for (id, q) in queues {
+        if let Some(at) = q.due(now, batch_lines, flush) {
+            if next.is_none_or(|(t, _)| at < t) {
+                next = Some((at, id));
+            }
+        }
+    }
+    next.map(|(at, id)| (at, id.clone()))
+}
+
+/// A batch taken from a queue and in flight: its lines, oldest first, after
+/// the dropped-lines marker when `dropped` is not zero.
+struct Batch {
+    lines: Vec<String>,
+    dropped: u64,
+}
+
+impl Queue {
+    /// Takes the next batch (at most `batch_lines` lines and about
+    /// [`MAX_BATCH_BYTES`]) and marks the queue as sending.
+    fn take_batch(&mut self, batch_lines: usize) -> Batch {
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        if self.dropped > 0 {
+            lines.push(dropped_marker(self.dropped));
+        }
+        while let Some(line) = self.lines.front() {
+            if lines.len() >= batch_lines
+                || (!lines.is_empty() && bytes + line.len() > MAX_BATCH_BYTES)
+            {
+                break;
+            }
+            bytes += line.len();
+            if let Some(line) = self.lines.pop_front() {
+                lines.push(line);
+            }
+        }
+        let dropped = std::mem::take(&mut self.dropped);
+        self.bytes -= bytes;
+        self.sending = true;
+        Batch { lines, dropped }
+    }
+
+    /// Applies how sending `batch` went.
+    fn settle(
+        &mut self,
+        id: &ExecutionId,
+        batch: Batch,
+        result: Result<(), ApiError>,
+        shutdown: &Shutdown,
+    ) {
+        self.sending = false;
         match result {
             Ok(()) => {
-                crate::metrics::global()
-                    .log_lines_shipped
-                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                q.backoff.reset();
-                q.retry_at = None;
-                q.oldest_at = (!q.lines.is_empty()).then(Instant::now);
+                crate::metrics::global().log_lines_shipped.fetch_add(
+                    batch.lines.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.backoff.reset();
+                self.retry_at = None;
+                self.oldest_at = (!self.lines.is_empty()).then(Instant::now);
             }
             Err(ApiError::RouteMissing(_)) => {
                 // The API has no /logs (the Api said so, once): drop what
                 // is queued; push() queues nothing from now on.
-                q.lines.clear();
-                q.bytes = 0;
-                q.dropped = 0;
-                q.retry_at = None;
-                q.oldest_at = None;
+                self.lines.clear();
+                self.bytes = 0;
+                self.dropped = 0;
+                self.retry_at = None;
+                self.oldest_at = None;
             }
             Err(e) if shutdown.is_forced() => {
-                log::warn!("execution {id}: dropping {} log lines: {e}", batch.len());
+                log::warn!(
+                    "execution {id}: dropping {} log lines: {e}",
+                    batch.lines.len()
+                );
             }
             Err(e) => {
-                // Put the batch back in front, in order, within the bound.
-                let mut batch = batch.into_iter();
-                if dropped > 0 {
-                    batch.next();
-                    q.dropped += dropped;
-                }
-                let batch: Vec<String> = batch.collect();
-                for line in batch.into_iter().rev() {
-                    if q.lines.len() >= MAX_QUEUED_LINES {
-                        q.dropped += 1;
-                        continue;
-                    }
-                    q.bytes += line.len();
-                    q.lines.push_front(line);
-                }
-                let delay = q.backoff.next_delay().max(Duration::from_millis(100));
+                self.put_back(batch);
+                let delay = self.backoff.next_delay().max(Duration::from_millis(100));
                 log::warn!(
                     "execution {id}: sending logs failed ({e}); retrying in {} ms",
                     delay.as_millis()
                 );
-                q.retry_at = Some(Instant::now() + delay);
+                self.retry_at = Some(Instant::now() + delay);
             }
         }
-        shared.drained.notify_all();
+    }
+
+    /// Puts a failed batch back in front, in order, within the bound.
+    fn put_back(&mut self, batch: Batch) {
+        let mut lines = batch.lines.into_iter();
+        if batch.dropped > 0 {
+            // The marker: the count goes back instead.
+            lines.next();
+            self.dropped += batch.dropped;
+        }
+        for line in lines.rev() {
+            if self.lines.len() >= MAX_QUEUED_LINES {
+                self.dropped += 1;
+                continue;
+            }
+            self.bytes += line.len();
+            self.lines.push_front(line);
+        }
     }
 }

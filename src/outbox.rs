@@ -91,6 +91,16 @@ struct Entry {
     replacement: bool,
 }
 
+/// One entry as an attempt sees it: a copy taken when the attempt starts.
+struct Report {
+    seq: u64,
+    id: ExecutionId,
+    kind: Kind,
+    stored: Stored,
+    /// An earlier attempt may have reached the API: ask before sending.
+    uncertain: bool,
+}
+
 struct Shared {
     dir: PathBuf,
     entries: Mutex<BTreeMap<u64, Entry>>,
@@ -143,42 +153,7 @@ impl Outbox {
     pub fn open(state: &StateDir, journal: Journal) -> io::Result<Self> {
         let dir = state.path().join(OUTBOX_DIR);
         fsutil::create_dir_all(&dir)?;
-        let mut entries = BTreeMap::new();
-        let mut max_seq = 0;
-        for item in fs::read_dir(&dir)? {
-            let item = item?;
-            let path = item.path();
-            if !item.file_type()?.is_file() {
-                continue;
-            }
-            let name = item.file_name().to_string_lossy().into_owned();
-            if fsutil::is_temp(&name) {
-                // A write that never finished: it was never handed to anyone.
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            let parsed = parse_name(&name);
-            if let Some((seq, _, _)) = &parsed {
-                // Even a corrupt report's number is never reused.
-                max_seq = max_seq.max(*seq);
-            }
-            if item.metadata()?.len() == 0 {
-                // A reservation never filled: the execution's journal entry
-                // stands for it (recovery reports it).
-                let _ = fs::remove_file(&path);
-                continue;
-            }
-            match parsed.filter(|_| looks_like_json(&path)) {
-                Some((seq, kind, execution_id)) => {
-                    // The previous run may have sent it: ask before resending.
-                    entries.insert(
-                        seq,
-                        Entry::new(kind, execution_id, Stored::File(path), true),
-                    );
-                }
-                None => move_aside(&dir.join(CORRUPT_DIR), &path, "not a readable report"),
-            }
-        }
+        let (entries, max_seq) = load(&dir)?;
         if !entries.is_empty() {
             log::info!(
                 "outbox: {} report(s) left by a previous run will be delivered",
@@ -284,58 +259,12 @@ impl Outbox {
         uncertain: bool,
         reservation: Option<Reservation>,
     ) -> Durability {
-        let mut added = Vec::new();
-        let mut renamed = false;
         let reserved = reservation.is_some();
-        for body in log_batches {
-            let seq = self.next_seq();
-            let path = self.path_for(seq, Kind::Logs, id);
-            match fsutil::write_synced(&path, body, fsutil::FILE_MODE) {
-                Ok(()) => {
-                    renamed = true;
-                    added.push((
-                        seq,
-                        Entry::new(Kind::Logs, id.clone(), Stored::File(path), false),
-                    ));
-                }
-                Err(e) => {
-                    self.shared.state.write_failed("outbox", &e);
-                    log::warn!("execution {id}: cannot keep its last log lines in the outbox ({e}); the result carries the log tail");
-                }
-            }
-        }
+        let mut added = self.write_logs(id, log_batches);
+        let renamed = !added.is_empty();
         crate::failpoint::hit("outbox.logs-written");
-        let (seq, path, written) = match reservation {
-            Some(r) => {
-                let written = Self::fill(&r, result);
-                (r.seq, r.path, written)
-            }
-            None => {
-                let seq = self.next_seq();
-                let path = self.path_for(seq, Kind::Result, id);
-                let written = fsutil::write_synced(&path, result, fsutil::FILE_MODE);
-                (seq, path, written)
-            }
-        };
-        let durability = match written {
-            Ok(()) => {
-                added.push((
-                    seq,
-                    Entry::new(Kind::Result, id.clone(), Stored::File(path), uncertain),
-                ));
-                Durability::Durable
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                self.shared.state.write_failed("outbox", &e);
-                log::error!(
-                    "execution {id}: cannot write its result to the outbox ({e}); keeping it in memory and sending it until the API acknowledges it"
-                );
-                let body = Stored::Memory(Arc::new(result.to_vec()));
-                added.push((seq, Entry::new(Kind::Result, id.clone(), body, uncertain)));
-                Durability::InMemory
-            }
-        };
+        let (seq, entry, durability) = self.write_result(id, result, uncertain, reservation);
+        added.push((seq, entry));
         if renamed || (!reserved && durability == Durability::Durable) {
             // One directory sync makes every rename above durable.
             if let Err(e) = self.sync_dir() {
@@ -351,6 +280,69 @@ impl Outbox {
         drop(entries);
         self.shared.wake.notify();
         durability
+    }
+
+    /// Writes each log batch to its own file (synced, renamed into place;
+    /// the directory sync is the caller's). One that cannot be written is
+    /// left out.
+    fn write_logs(&self, id: &ExecutionId, log_batches: &[Vec<u8>]) -> Vec<(u64, Entry)> {
+        let mut added = Vec::new();
+        for body in log_batches {
+            let seq = self.next_seq();
+            let path = self.path_for(seq, Kind::Logs, id);
+            match fsutil::write_synced(&path, body, fsutil::FILE_MODE) {
+                Ok(()) => {
+                    added.push((
+                        seq,
+                        Entry::new(Kind::Logs, id.clone(), Stored::File(path), false),
+                    ));
+                }
+                Err(e) => {
+                    self.shared.state.write_failed("outbox", &e);
+                    log::warn!("execution {id}: cannot keep its last log lines in the outbox ({e}); the result carries the log tail");
+                }
+            }
+        }
+        added
+    }
+
+    /// Writes the result into its reservation, or a new file, and returns
+    /// its entry: in memory when the disk refused it.
+    fn write_result(
+        &self,
+        id: &ExecutionId,
+        result: &[u8],
+        uncertain: bool,
+        reservation: Option<Reservation>,
+    ) -> (u64, Entry, Durability) {
+        let (seq, path, written) = match reservation {
+            Some(r) => {
+                let written = Self::fill(&r, result);
+                (r.seq, r.path, written)
+            }
+            None => {
+                let seq = self.next_seq();
+                let path = self.path_for(seq, Kind::Result, id);
+                let written = fsutil::write_synced(&path, result, fsutil::FILE_MODE);
+                (seq, path, written)
+            }
+        };
+        match written {
+            Ok(()) => {
+                let entry = Entry::new(Kind::Result, id.clone(), Stored::File(path), uncertain);
+                (seq, entry, Durability::Durable)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                self.shared.state.write_failed("outbox", &e);
+                log::error!(
+                    "execution {id}: cannot write its result to the outbox ({e}); keeping it in memory and sending it until the API acknowledges it"
+                );
+                let body = Stored::Memory(Arc::new(result.to_vec()));
+                let entry = Entry::new(Kind::Result, id.clone(), body, uncertain);
+                (seq, entry, Durability::InMemory)
+            }
+        }
     }
 
     /// Makes the renames done so far durable, one directory fsync for all
@@ -399,70 +391,78 @@ impl Outbox {
 
     /// One send of entry `seq` (already marked `sending`).
     fn attempt(&self, api: &Api, seq: u64) -> Attempt {
-        let Some((id, kind, stored, uncertain)) = self.lock().get(&seq).map(|e| {
-            (
-                e.execution_id.clone(),
-                e.kind,
-                e.stored.clone(),
-                e.uncertain,
-            )
-        }) else {
+        let Some(mut report) = self.report(seq) else {
             return Attempt::Delivered;
         };
-        let stored = self.try_persist(seq, &id, kind, stored);
-        let body = match &stored {
-            Stored::Memory(body) => body.clone(),
+        self.try_persist(&mut report);
+        let Some(body) = self.read_body(&report) else {
+            return Attempt::Delivered;
+        };
+        if report.kind == Kind::Result && report.uncertain {
+            if let Some(settled) = self.check_status(api, &report) {
+                return settled;
+            }
+        }
+        let sent = send(api, &report, &body);
+        self.settle(api, &report, sent)
+    }
+
+    /// A copy of what entry `seq` is, taken under the lock so the send
+    /// runs without it.
+    fn report(&self, seq: u64) -> Option<Report> {
+        self.lock().get(&seq).map(|e| Report {
+            seq,
+            id: e.execution_id.clone(),
+            kind: e.kind,
+            stored: e.stored.clone(),
+            uncertain: e.uncertain,
+        })
+    }
+
+    /// The report's bytes; `None` (and the entry forgotten) if its file is gone.
+    fn read_body(&self, report: &Report) -> Option<Arc<Vec<u8>>> {
+        match &report.stored {
+            Stored::Memory(body) => Some(body.clone()),
             Stored::File(path) => match fs::read(path) {
-                Ok(body) => Arc::new(body),
+                Ok(body) => Some(Arc::new(body)),
                 Err(e) => {
                     // Someone removed it (an operator clearing the outbox): drop it.
                     log::warn!("outbox: {} vanished ({e}); forgetting it", path.display());
-                    self.lock().remove(&seq);
-                    return Attempt::Delivered;
+                    self.lock().remove(&report.seq);
+                    None
                 }
             },
-        };
-        if kind == Kind::Result && uncertain {
-            match self.already_delivered(api, seq, &id) {
-                Some(true) => {
-                    crate::metrics::global()
-                        .results_already_delivered
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.acknowledge(seq, &id, kind, &stored);
-                    return Attempt::Delivered;
-                }
-                Some(false) => {}
-                None => return self.retry_later(seq, &id, "status check", None),
-            }
         }
-        let result = match kind {
-            Kind::Logs => api.send_logs_body(&id, &body).map(|_| {
-                let lines = serde_json::from_slice::<crate::protocol::LogBatch>(&body)
-                    .map_or(0, |b| b.lines.len() as u64);
+    }
+
+    /// Before a result whose delivery is in doubt goes again: `Some` when
+    /// the status route settled the attempt (the API has it, or cannot tell
+    /// yet), `None` when it is to be sent.
+    fn check_status(&self, api: &Api, report: &Report) -> Option<Attempt> {
+        match self.already_delivered(api, report.seq, &report.id) {
+            Some(true) => {
                 crate::metrics::global()
-                    .log_lines_shipped
-                    .fetch_add(lines, Ordering::Relaxed);
-            }),
-            Kind::Result => api.send_result(&id, &body).map(|_| ()),
-        };
-        match result {
+                    .results_already_delivered
+                    .fetch_add(1, Ordering::Relaxed);
+                self.acknowledge(report);
+                Some(Attempt::Delivered)
+            }
+            Some(false) => None,
+            None => Some(self.retry_later(report.seq, &report.id, "status check", None)),
+        }
+    }
+
+    /// What follows from the API's answer to one send.
+    fn settle(&self, api: &Api, report: &Report, sent: Result<(), ApiError>) -> Attempt {
+        let (seq, id, kind) = (report.seq, &report.id, report.kind);
+        match sent {
             Ok(()) => {
                 log::info!("execution {id}: {} delivered", kind.as_str());
-                self.acknowledge(seq, &id, kind, &stored);
+                self.acknowledge(report);
                 Attempt::Delivered
             }
             Err(ApiError::RouteMissing(route)) => {
-                // The API has no such route (PROTOCOL.md §9: no /logs): no
-                // attempt will ever be taken, and the lines are in output.log
-                // and the result already. Dropped, not a dead letter.
-                if let Stored::File(path) = &stored {
-                    let _ = fs::remove_file(path);
-                }
-                self.lock().remove(&seq);
-                log::debug!(
-                    "execution {id}: {} dropped: the API has no {route} route",
-                    kind.as_str()
-                );
+                self.forget_unroutable(report, route);
                 Attempt::Delivered
             }
             Err(e) if e.outcome_unknown() => {
@@ -471,17 +471,32 @@ impl Outbox {
                     entry.uncertain = true;
                     entry.status_misses = 0;
                 }
-                self.retry_later(seq, &id, kind.as_str(), Some(&e))
+                self.retry_later(seq, id, kind.as_str(), Some(&e))
             }
-            Err(e) if kind == Kind::Result && self.replace_refused(seq, &id, &stored, &e) => {
+            Err(e) if kind == Kind::Result && self.replace_refused(report, &e) => {
                 // The small errored result in its place goes out now.
                 self.attempt(api, seq)
             }
             Err(e) => {
-                self.bury(seq, &stored, &id, kind, &e);
+                self.bury(report, &e);
                 Attempt::Dead
             }
         }
+    }
+
+    /// The API has no such route (PROTOCOL.md §9: no /logs): no attempt
+    /// will ever be taken, and the lines are in output.log and the result
+    /// already. Dropped, not a dead letter.
+    fn forget_unroutable(&self, report: &Report, route: &str) {
+        if let Stored::File(path) = &report.stored {
+            let _ = fs::remove_file(path);
+        }
+        self.lock().remove(&report.seq);
+        log::debug!(
+            "execution {}: {} dropped: the API has no {route} route",
+            report.id,
+            report.kind.as_str()
+        );
     }
 
     /// The API refused a result for good because of its body (413: too
@@ -490,7 +505,8 @@ impl Outbox {
     /// result with the API's answer takes its place, so the execution does
     /// not stay "running". Only once per execution: returns `false` if this
     /// already was the replacement.
-    fn replace_refused(&self, seq: u64, id: &ExecutionId, stored: &Stored, e: &ApiError) -> bool {
+    fn replace_refused(&self, report: &Report, e: &ApiError) -> bool {
+        let (seq, id) = (report.seq, &report.id);
         // Only refusals of the body itself: a smaller one may be taken. A
         // 403/404/409 is about the execution (not ours, unknown, already
         // complete), and a second result would not help.
@@ -509,7 +525,7 @@ impl Outbox {
             Ok(b) => b,
             Err(_) => return false,
         };
-        let replacement = match stored {
+        let replacement = match &report.stored {
             Stored::File(path) => {
                 move_aside(&self.shared.dir.join(DEAD_DIR), path, &e.to_string());
                 match fsutil::write_synced(path, &body, fsutil::FILE_MODE)
@@ -567,11 +583,12 @@ impl Outbox {
     }
 
     /// A memory-only entry is written to disk as soon as the disk allows.
-    fn try_persist(&self, seq: u64, id: &ExecutionId, kind: Kind, stored: Stored) -> Stored {
-        let Stored::Memory(body) = &stored else {
-            return stored;
+    fn try_persist(&self, report: &mut Report) {
+        let Stored::Memory(body) = &report.stored else {
+            return;
         };
-        let path = self.path_for(seq, kind, id);
+        let (seq, id) = (report.seq, &report.id);
+        let path = self.path_for(seq, report.kind, id);
         let written =
             fsutil::write_synced(&path, body, fsutil::FILE_MODE).and_then(|()| self.sync_dir());
         match written {
@@ -584,11 +601,10 @@ impl Outbox {
                 if let Some(e) = self.lock().get_mut(&seq) {
                     e.stored = stored.clone();
                 }
-                stored
+                report.stored = stored;
             }
             Err(_) => {
                 let _ = fs::remove_file(&path);
-                stored
             }
         }
     }
@@ -614,7 +630,8 @@ impl Outbox {
     /// The API has the report: for a result, `done` goes in the journal
     /// (durably) before the entry is removed, so no crash can make the
     /// next start report the execution again.
-    fn acknowledge(&self, seq: u64, id: &ExecutionId, kind: Kind, stored: &Stored) {
+    fn acknowledge(&self, report: &Report) {
+        let (seq, id, kind, stored) = (report.seq, &report.id, report.kind, &report.stored);
         let mut keep_file = false;
         if kind == Kind::Result {
             crate::failpoint::hit("ledger.acknowledged");
@@ -635,7 +652,8 @@ impl Outbox {
         }
     }
 
-    fn bury(&self, seq: u64, stored: &Stored, id: &ExecutionId, kind: Kind, e: &ApiError) {
+    fn bury(&self, report: &Report, e: &ApiError) {
+        let (seq, id, kind, stored) = (report.seq, &report.id, report.kind, &report.stored);
         match stored {
             Stored::File(path) => {
                 log::error!(
@@ -707,6 +725,20 @@ impl Outbox {
     }
 }
 
+/// One send of `report`'s bytes to its route.
+fn send(api: &Api, report: &Report, body: &[u8]) -> Result<(), ApiError> {
+    match report.kind {
+        Kind::Logs => api.send_logs_body(&report.id, body).map(|_| {
+            let lines = serde_json::from_slice::<crate::protocol::LogBatch>(body)
+                .map_or(0, |b| b.lines.len() as u64);
+            crate::metrics::global()
+                .log_lines_shipped
+                .fetch_add(lines, Ordering::Relaxed);
+        }),
+        Kind::Result => api.send_result(&report.id, body).map(|_| ()),
+    }
+}
+
 enum Due {
     Now(u64),
     At(Instant),
@@ -774,6 +806,48 @@ fn next_of(entries: &BTreeMap<u64, Entry>, id: &ExecutionId) -> Option<u64> {
         }
     }
     result
+}
+
+/// What a previous run left in `dir`: the reports to deliver, and the
+/// highest number in use (never reused, even a corrupt report's).
+fn load(dir: &Path) -> io::Result<(BTreeMap<u64, Entry>, u64)> {
+    let mut entries = BTreeMap::new();
+    let mut max_seq = 0;
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        let path = item.path();
+        if !item.file_type()?.is_file() {
+            continue;
+        }
+        let name = item.file_name().to_string_lossy().into_owned();
+        if fsutil::is_temp(&name) {
+            // A write that never finished: it was never handed to anyone.
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let parsed = parse_name(&name);
+        if let Some((seq, _, _)) = &parsed {
+            // Even a corrupt report's number is never reused.
+            max_seq = max_seq.max(*seq);
+        }
+        if item.metadata()?.len() == 0 {
+            // A reservation never filled: the execution's journal entry
+            // stands for it (recovery reports it).
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        match parsed.filter(|_| looks_like_json(&path)) {
+            Some((seq, kind, execution_id)) => {
+                // The previous run may have sent it: ask before resending.
+                entries.insert(
+                    seq,
+                    Entry::new(kind, execution_id, Stored::File(path), true),
+                );
+            }
+            None => move_aside(&dir.join(CORRUPT_DIR), &path, "not a readable report"),
+        }
+    }
+    Ok((entries, max_seq))
 }
 
 /// `{seq}.{kind}.{execution_id}.json`
