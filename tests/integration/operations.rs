@@ -29,9 +29,13 @@ fn metrics_and_healthz_report_a_run_and_logs_can_be_json() {
     );
     server.wait_completed(&id, Duration::from_secs(20));
     let mut body = String::new();
+    // The run is counted when it finishes, before its result is sent and
+    // acknowledged: wait for the acknowledgement too.
     wait_for(Duration::from_secs(10), "the run in /metrics", || {
         body = http_get(&format!("{base}/metrics")).1;
         body.contains("flo_runner_executions_finished_total{outcome=\"success\"} 1")
+            && body.contains("flo_runner_api_requests_total{route=\"result\",status=\"200\"} 1")
+            && body.contains("flo_runner_outbox_depth 0")
     });
     for line in [
         "flo_runner_registered 1",
