@@ -218,46 +218,11 @@ fn connection(
         log::warn!("TLS connection from {client}: cannot set a write timeout: {e}");
         return;
     }
-    let conn = match handshake(&tcp, config) {
-        Ok(conn) => conn,
-        Err(HandshakeError::NotTls) => {
-            log::warn!(
-                "TLS handshake with {client} failed: {}; answered 400",
-                HandshakeError::NotTls
-            );
-            answer_plain_http(&tcp);
-            return;
-        }
-        Err(HandshakeError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => {
-            log::info!("TLS handshake with {client} failed: the client reset the connection");
-            return;
-        }
-        Err(e) => {
-            log::warn!("TLS handshake with {client} failed: {e}");
-            return;
-        }
+    let Some(mut conn) = accept_tls(&tcp, client, config) else {
+        return;
     };
-    log::debug!(
-        "TLS connection from {client}: {:?}, {:?}{}",
-        conn.protocol_version(),
-        conn.negotiated_cipher_suite().map(|s| s.suite()),
-        if conn.peer_certificates().is_some() {
-            ", client certificate verified"
-        } else {
-            ""
-        }
-    );
-    let backend = match TcpStream::connect(internal) {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!(
-                "TLS connection from {client}: cannot reach the internal server {internal}: {e}"
-            );
-            let mut conn = conn;
-            conn.send_close_notify();
-            let _ = flush_tls(&mut conn, &tcp);
-            return;
-        }
+    let Some(backend) = open_backend(&mut conn, &tcp, client, internal) else {
+        return;
     };
     let local = match backend.local_addr() {
         Ok(a) => a,
@@ -273,6 +238,66 @@ fn connection(
     }
     let _ = backend.shutdown(Shutdown::Both);
     let _ = tcp.shutdown(Shutdown::Both);
+}
+
+/// The handshake with `client`; `None` when it failed (logged, and a plain
+/// HTTP client answered 400).
+fn accept_tls(
+    tcp: &TcpStream,
+    client: SocketAddr,
+    config: Arc<ServerConfig>,
+) -> Option<ServerConnection> {
+    let conn = match handshake(tcp, config) {
+        Ok(conn) => conn,
+        Err(HandshakeError::NotTls) => {
+            log::warn!(
+                "TLS handshake with {client} failed: {}; answered 400",
+                HandshakeError::NotTls
+            );
+            answer_plain_http(tcp);
+            return None;
+        }
+        Err(HandshakeError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => {
+            log::info!("TLS handshake with {client} failed: the client reset the connection");
+            return None;
+        }
+        Err(e) => {
+            log::warn!("TLS handshake with {client} failed: {e}");
+            return None;
+        }
+    };
+    log::debug!(
+        "TLS connection from {client}: {:?}, {:?}{}",
+        conn.protocol_version(),
+        conn.negotiated_cipher_suite().map(|s| s.suite()),
+        if conn.peer_certificates().is_some() {
+            ", client certificate verified"
+        } else {
+            ""
+        }
+    );
+    Some(conn)
+}
+
+/// A connection to the internal server for `client`'s requests; `None`
+/// when there is none (logged, and the client sent a close_notify).
+fn open_backend(
+    conn: &mut ServerConnection,
+    tcp: &TcpStream,
+    client: SocketAddr,
+    internal: SocketAddr,
+) -> Option<TcpStream> {
+    match TcpStream::connect(internal) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            log::error!(
+                "TLS connection from {client}: cannot reach the internal server {internal}: {e}"
+            );
+            conn.send_close_notify();
+            let _ = flush_tls(conn, tcp);
+            None
+        }
+    }
 }
 
 /// Writes everything rustls has queued for the client.
