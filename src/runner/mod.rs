@@ -99,21 +99,11 @@ impl Runner {
         let mut threads = Threads::default();
         let health = Arc::new(Health::default());
         health.start_writer(state, shutdown.clone(), &mut threads)?;
-        let exec = &config.execution;
-        let (api, stop) = (&base.api, &shutdown);
-        let shipper = LogShipper::start(
-            api.clone(),
-            exec.log_batch_lines,
-            exec.log_flush,
-            stop.clone(),
-            &mut threads,
-        )?;
-        let watcher = Watcher::start(api.clone(), exec.kill_grace, stop, &mut threads)?;
-        let limits = dirwalk::Limits {
-            bytes: exec.max_dir_bytes,
-            entries: exec.max_dir_entries,
-        };
-        let disk = disklimit::DiskWatch::start(limits, watcher.clone(), stop, &mut threads)?;
+        let Watches {
+            shipper,
+            watcher,
+            disk,
+        } = Watches::start(&config, &base.api, &shutdown, &mut threads)?;
         let ctx = Arc::new(Context {
             config: config.clone(),
             identity: base.identity,
@@ -126,7 +116,7 @@ impl Runner {
             health,
             shutdown: shutdown.clone(),
         });
-        let workers = exec.max_concurrent_executors;
+        let workers = config.execution.max_concurrent_executors;
         let pool = Arc::new(Pool::start(ctx.clone(), workers, &mut threads)?);
         let metrics = match config.runner.metrics_listen {
             Some(addr) => Some(serve_metrics(
@@ -219,6 +209,43 @@ impl Runner {
         } else {
             log::info!("stopped");
         }
+    }
+}
+
+/// What watches the running executions: the log shipper, the stop watcher
+/// and the disk watch (which stops an execution through the watcher).
+struct Watches {
+    shipper: LogShipper,
+    watcher: Watcher,
+    disk: disklimit::DiskWatch,
+}
+
+impl Watches {
+    fn start(
+        config: &Config,
+        api: &Arc<Api>,
+        stop: &Shutdown,
+        threads: &mut Threads,
+    ) -> Result<Self, RunError> {
+        let exec = &config.execution;
+        let shipper = LogShipper::start(
+            api.clone(),
+            exec.log_batch_lines,
+            exec.log_flush,
+            stop.clone(),
+            threads,
+        )?;
+        let watcher = Watcher::start(api.clone(), exec.kill_grace, stop, threads)?;
+        let limits = dirwalk::Limits {
+            bytes: exec.max_dir_bytes,
+            entries: exec.max_dir_entries,
+        };
+        let disk = disklimit::DiskWatch::start(limits, watcher.clone(), stop, threads)?;
+        Ok(Self {
+            shipper,
+            watcher,
+            disk,
+        })
     }
 }
 
