@@ -511,30 +511,8 @@ fn client_to_backend(
     let mut received: Option<usize> = None;
     loop {
         let mut out = Vec::new();
-        let mut closed = false;
-        {
-            let mut guard = lock(conn);
-            if let Some(n) = received {
-                let mut input = &raw[..n];
-                loop {
-                    // With n == 0 this tells rustls the stream ended.
-                    let fed = guard.read_tls(&mut input)?;
-                    if let Err(e) = guard.process_new_packets() {
-                        // Send the alert that says why, then give up.
-                        let _ = flush_tls(&mut guard, tcp);
-                        return Err(io::Error::new(ErrorKind::InvalidData, describe(&e)));
-                    }
-                    closed |= drain(&mut guard, &mut plain, &mut out)?;
-                    if fed == 0 || input.is_empty() || closed {
-                        break;
-                    }
-                }
-            } else {
-                closed |= drain(&mut guard, &mut plain, &mut out)?;
-            }
-            // Answers rustls owes the client (key updates, alerts).
-            flush_tls(&mut guard, tcp)?;
-        }
+        let input = received.map(|n| &raw[..n]);
+        let closed = decrypt(conn, tcp, input, &mut plain, &mut out)?;
         to_backend.write_all(&out)?;
         if closed || received == Some(0) {
             return Ok(());
@@ -552,6 +530,41 @@ fn client_to_backend(
         };
         activity.touch();
     }
+}
+
+/// Feeds `input` read from the client (`None`: nothing read yet) to rustls
+/// and moves the plaintext into `out`, then sends what rustls owes the
+/// client; true when the client has closed. The connection stays locked
+/// throughout, so the records rustls sends go out in order.
+fn decrypt(
+    conn: &Shared,
+    tcp: &TcpStream,
+    input: Option<&[u8]>,
+    plain: &mut [u8],
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let mut closed = false;
+    let mut guard = lock(conn);
+    if let Some(mut input) = input {
+        loop {
+            // With an empty input this tells rustls the stream ended.
+            let fed = guard.read_tls(&mut input)?;
+            if let Err(e) = guard.process_new_packets() {
+                // Send the alert that says why, then give up.
+                let _ = flush_tls(&mut guard, tcp);
+                return Err(io::Error::new(ErrorKind::InvalidData, describe(&e)));
+            }
+            closed |= drain(&mut guard, plain, out)?;
+            if fed == 0 || input.is_empty() || closed {
+                break;
+            }
+        }
+    } else {
+        closed |= drain(&mut guard, plain, out)?;
+    }
+    // Answers rustls owes the client (key updates, alerts).
+    flush_tls(&mut guard, tcp)?;
+    Ok(closed)
 }
 
 /// Moves the plaintext rustls holds into `out`; true when the client has
