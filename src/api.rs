@@ -238,54 +238,13 @@ const PROBE_EXECUTION: &str = "flo-runner-check";
 pub fn probe(base_url: &str, identifier: &str, net: &Net) -> Result<Probe, ApiError> {
     let base = base_url.trim_end_matches('/');
     let agent = agent(CALL_TIMEOUT, net);
-    // Ok(status) for a 2xx, Err(the status error) for another answer; no
-    // answer at all is the probe's error.
-    let answer = |url: &str, result| match finish(url, result) {
-        Ok(resp) => Ok(Ok(drain(resp))),
-        Err(e @ ApiError::Status { .. }) => Ok(Err(e)),
-        Err(e) => Err(e),
-    };
-    let code = |a: &Result<u16, ApiError>| match a {
-        Ok(c) => *c,
-        Err(e) => e.status().unwrap_or(0),
-    };
-    let exists = |a: &Result<u16, ApiError>| matches!(code(a), 200..=299 | 401 | 403);
-    let wrong_form =
-        |a: &Result<u16, ApiError>| a.as_ref().is_err_and(ApiError::is_wrong_poll_form);
-
-    let poll_url = format!("{base}{}", paths::poll(identifier));
-    let body = serde_json::to_vec(&protocol::PollRequest {
-        requested_at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
-    })
-    .map_err(|e| ApiError::Decode(e.to_string()))?;
-    let post = answer(
-        &poll_url,
-        agent
-            .post(&poll_url)
-            .header("Content-Type", "application/json")
-            .send(&body[..]),
-    )?;
-    let mut probe = Probe {
-        generation: exists(&post).then_some(Generation::Current),
-        post: code(&post),
-        get: None,
-        logs: false,
-        status: false,
-    };
-    // A GET only where the POST form is not there: never to a current API.
-    if wrong_form(&post) {
-        let get = answer(&poll_url, agent.get(&poll_url).call())?;
-        probe.get = Some(code(&get));
-        if exists(&get) {
-            probe.generation = Some(Generation::March2026);
-        }
-    }
+    let mut probe = probe_poll(&agent, &format!("{base}{}", paths::poll(identifier)))?;
     let Some(generation) = probe.generation else {
         return Ok(probe);
     };
-    let missing = |a: &Result<u16, ApiError>| a.as_ref().is_err_and(|e| e.is_no_route(generation));
+    let missing = |a: &ProbeAnswer| a.as_ref().is_err_and(|e| e.is_no_route(generation));
     let logs_url = format!("{base}{}", paths::logs(PROBE_EXECUTION));
-    let logs = answer(
+    let logs = probe_answer(
         &logs_url,
         agent
             .post(&logs_url)
@@ -294,9 +253,70 @@ pub fn probe(base_url: &str, identifier: &str, net: &Net) -> Result<Probe, ApiEr
     )?;
     probe.logs = !missing(&logs);
     let status_url = format!("{base}{}", paths::status(PROBE_EXECUTION));
-    let status = answer(&status_url, agent.get(&status_url).call())?;
+    let status = probe_answer(&status_url, agent.get(&status_url).call())?;
     probe.status = !missing(&status);
     Ok(probe)
+}
+
+/// The poll probed in the current form, then in the older one where the
+/// current form is not there: a GET is never sent to a current API. The
+/// routes are left unprobed (`false`).
+fn probe_poll(agent: &ureq::Agent, poll_url: &str) -> Result<Probe, ApiError> {
+    let body = serde_json::to_vec(&protocol::PollRequest {
+        requested_at: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+    })
+    .map_err(|e| ApiError::Decode(e.to_string()))?;
+    let post = probe_answer(
+        poll_url,
+        agent
+            .post(poll_url)
+            .header("Content-Type", "application/json")
+            .send(&body[..]),
+    )?;
+    let mut probe = Probe {
+        generation: route_exists(&post).then_some(Generation::Current),
+        post: answer_code(&post),
+        get: None,
+        logs: false,
+        status: false,
+    };
+    if post.as_ref().is_err_and(ApiError::is_wrong_poll_form) {
+        let get = probe_answer(poll_url, agent.get(poll_url).call())?;
+        probe.get = Some(answer_code(&get));
+        if route_exists(&get) {
+            probe.generation = Some(Generation::March2026);
+        }
+    }
+    Ok(probe)
+}
+
+/// What one probe got: the status of a 2xx, or the status error of another
+/// answer.
+type ProbeAnswer = Result<u16, ApiError>;
+
+/// The probe's answer; no answer at all is the probe's error.
+fn probe_answer(
+    url: &str,
+    result: Result<Response<Body>, ureq::Error>,
+) -> Result<ProbeAnswer, ApiError> {
+    match finish(url, result) {
+        Ok(resp) => Ok(Ok(drain(resp))),
+        Err(e @ ApiError::Status { .. }) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
+}
+
+fn answer_code(a: &ProbeAnswer) -> u16 {
+    match a {
+        Ok(c) => *c,
+        Err(e) => e.status().unwrap_or(0),
+    }
+}
+
+/// An answer that shows the route exists: it took, or refused, the
+/// unsigned request.
+fn route_exists(a: &ProbeAnswer) -> bool {
+    matches!(answer_code(a), 200..=299 | 401 | 403)
 }
 
 impl Api {
@@ -410,75 +430,39 @@ impl Api {
     /// that shows the route exists (2xx, 401, 403) decides the generation.
     /// Neither form found: the first form's error (404/405).
     pub fn poll(&self) -> Result<PollAnswer, ApiError> {
-        let first = match self.generation() {
-            Generation::March2026 => Generation::March2026,
-            _ => Generation::Current,
-        };
-        let resp = match self.poll_as(first) {
-            Ok(resp) => {
-                self.set_generation(first);
-                resp
-            }
-            Err(e) if e.is_wrong_poll_form() => {
-                let other = match first {
-                    Generation::March2026 => Generation::Current,
-                    _ => Generation::March2026,
-                };
-                match self.poll_as(other) {
-                    Ok(resp) => {
-                        self.set_generation(other);
-                        resp
-                    }
-                    Err(e2) if e2.is_wrong_poll_form() => return Err(e),
-                    Err(e2) => {
-                        if matches!(e2.status(), Some(401 | 403)) {
-                            self.set_generation(other);
-                        }
-                        return Err(e2);
-                    }
-                }
-            }
-            Err(e) => {
-                if matches!(e.status(), Some(401 | 403)) {
-                    self.set_generation(first);
-                }
-                return Err(e);
-            }
-        };
+        let resp = self.poll_either_form()?;
         if resp.status() == 204 {
             return Ok(PollAnswer::NoWork);
         }
-        // Read whole (up to the cap) and parsed into the typed answer, whose
-        // flow definition and trigger data stay raw bytes: memory is about
-        // the answer's size, never a tree of it.
-        let read = resp
-            .into_body()
-            .into_with_config()
-            .limit(MAX_POLL_BODY)
-            .read_to_vec();
-        let body = match read {
-            Ok(body) => body,
-            // Not read to the end: the connection is dropped, not reused.
-            Err(ureq::Error::BodyExceedsLimit(_)) => {
-                return Ok(PollAnswer::Malformed {
-                    execution_id: None,
-                    why: format!("the answer is over {MAX_POLL_BODY} bytes"),
-                })
-            }
-            Err(source) => {
-                return Err(ApiError::ReadBody {
-                    route: "poll",
-                    source,
-                })
-            }
+        read_poll_answer(resp)
+    }
+
+    /// The 2xx answer of the form last found (current if none), or of the
+    /// other form when that one is answered 404/405.
+    fn poll_either_form(&self) -> Result<Response<Body>, ApiError> {
+        let (first, other) = match self.generation() {
+            Generation::March2026 => (Generation::March2026, Generation::Current),
+            _ => (Generation::Current, Generation::March2026),
         };
-        match serde_json::from_slice::<PendingExecution>(&body) {
-            Ok(p) => Ok(PollAnswer::Work(Box::new(p))),
-            Err(e) => Ok(PollAnswer::Malformed {
-                execution_id: execution_id_of(&body),
-                why: format!("not a pending execution: {e}"),
-            }),
+        match self.poll_detecting(first) {
+            Err(e) if e.is_wrong_poll_form() => match self.poll_detecting(other) {
+                Err(e2) if e2.is_wrong_poll_form() => Err(e),
+                answer => answer,
+            },
+            answer => answer,
         }
+    }
+
+    /// One poll in `generation`'s form, which decides the generation when
+    /// the answer shows the route exists (2xx, 401, 403).
+    fn poll_detecting(&self, generation: Generation) -> Result<Response<Body>, ApiError> {
+        let answer = self.poll_as(generation);
+        match &answer {
+            Ok(_) => self.set_generation(generation),
+            Err(e) if matches!(e.status(), Some(401 | 403)) => self.set_generation(generation),
+            Err(_) => {}
+        }
+        answer
     }
 
     /// One poll in `generation`'s form.
@@ -618,6 +602,40 @@ impl Api {
             .header(SIGNATURE_HEADER, signature);
         let started = Instant::now();
         timed(route, &url, started, req.send(body))
+    }
+}
+
+/// A poll's 2xx answer with a body: read whole (up to the cap) and parsed
+/// into the typed answer, whose flow definition and trigger data stay raw
+/// bytes: memory is about the answer's size, never a tree of it.
+fn read_poll_answer(resp: Response<Body>) -> Result<PollAnswer, ApiError> {
+    let read = resp
+        .into_body()
+        .into_with_config()
+        .limit(MAX_POLL_BODY)
+        .read_to_vec();
+    let body = match read {
+        Ok(body) => body,
+        // Not read to the end: the connection is dropped, not reused.
+        Err(ureq::Error::BodyExceedsLimit(_)) => {
+            return Ok(PollAnswer::Malformed {
+                execution_id: None,
+                why: format!("the answer is over {MAX_POLL_BODY} bytes"),
+            })
+        }
+        Err(source) => {
+            return Err(ApiError::ReadBody {
+                route: "poll",
+                source,
+            })
+        }
+    };
+    match serde_json::from_slice::<PendingExecution>(&body) {
+        Ok(p) => Ok(PollAnswer::Work(Box::new(p))),
+        Err(e) => Ok(PollAnswer::Malformed {
+            execution_id: execution_id_of(&body),
+            why: format!("not a pending execution: {e}"),
+        }),
     }
 }
 

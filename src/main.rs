@@ -79,59 +79,70 @@ fn main() -> ExitCode {
 /// The arguments, or the exit code when they were `--help`, `--version` or
 /// a usage error (2, with one line on stderr).
 fn parse_args() -> Result<Args, ExitCode> {
-    let usage_error = |what: String| {
-        eprintln!("flo-runner: {what} (see --help)");
-        ExitCode::from(2)
-    };
     let mut parser = lexopt::Parser::from_env();
     let mut mode = Mode::Run;
     let mut config = None;
     let mut first = true;
     while let Some(arg) = next_arg(&mut parser) {
-        // A value glued to a flag (`--help=x`, `-hx`, `-cPATH`) is as
-        // unexpected as an unknown flag; only `--config=PATH` takes one.
-        let attached = parser.optional_value();
-        let Arg { flag, spelled } = arg;
-        let unexpected = match (flag, attached) {
-            (Flag::Help, None) => {
-                println!("{HELP}");
-                return Err(ExitCode::SUCCESS);
-            }
-            (Flag::Version, None) => {
-                println!("flo-runner {VERSION}");
-                return Err(ExitCode::SUCCESS);
-            }
-            (Flag::Config, Some(path)) if spelled == "--config" => {
-                config = Some(PathBuf::from(path));
-                None
-            }
-            (Flag::Config, None) => match parser.value() {
-                Ok(path) => {
-                    config = Some(PathBuf::from(path));
-                    None
-                }
-                Err(_) => return Err(usage_error("--config needs a path".into())),
-            },
-            (Flag::Value(v), _) if first && (v == "check" || v == "health") => {
-                mode = if v == "check" {
-                    Mode::Check
-                } else {
-                    Mode::Health
-                };
-                None
-            }
-            (_, attached) => Some(glued(spelled, attached)),
-        };
-        if let Some(arg) = unexpected {
-            return Err(usage_error(format!("unexpected argument {arg:?}")));
+        match take(&mut parser, arg, first)? {
+            Took::Mode(m) => mode = m,
+            Took::Config(path) => config = Some(path),
         }
         first = false;
     }
-    // --config, then $FLO_RUNNER_CONFIG (both must exist), then ./config.json.
+    Ok(resolve_config(mode, config))
+}
+
+/// What one argument sets.
+enum Took {
+    Mode(Mode),
+    Config(PathBuf),
+}
+
+/// Takes `arg` (and the value it needs); the exit code when it was
+/// `--help`, `--version` or a usage error. The mode may only come first.
+fn take(parser: &mut lexopt::Parser, arg: Arg, first: bool) -> Result<Took, ExitCode> {
+    // A value glued to a flag (`--help=x`, `-hx`, `-cPATH`) is as
+    // unexpected as an unknown flag; only `--config=PATH` takes one.
+    let attached = parser.optional_value();
+    let Arg { flag, spelled } = arg;
+    match (flag, attached) {
+        (Flag::Help, None) => {
+            println!("{HELP}");
+            Err(ExitCode::SUCCESS)
+        }
+        (Flag::Version, None) => {
+            println!("flo-runner {VERSION}");
+            Err(ExitCode::SUCCESS)
+        }
+        (Flag::Config, Some(path)) if spelled == "--config" => {
+            Ok(Took::Config(PathBuf::from(path)))
+        }
+        (Flag::Config, None) => match parser.value() {
+            Ok(path) => Ok(Took::Config(PathBuf::from(path))),
+            Err(_) => Err(usage_error("--config needs a path")),
+        },
+        (Flag::Value(v), _) if first && v == "check" => Ok(Took::Mode(Mode::Check)),
+        (Flag::Value(v), _) if first && v == "health" => Ok(Took::Mode(Mode::Health)),
+        (_, attached) => {
+            let arg = glued(spelled, attached);
+            Err(usage_error(&format!("unexpected argument {arg:?}")))
+        }
+    }
+}
+
+/// One line on stderr; exit code 2.
+fn usage_error(what: &str) -> ExitCode {
+    eprintln!("flo-runner: {what} (see --help)");
+    ExitCode::from(2)
+}
+
+/// --config, then $FLO_RUNNER_CONFIG (both must exist), then ./config.json.
+fn resolve_config(mode: Mode, config: Option<PathBuf>) -> Args {
     let from_env = std::env::var_os("FLO_RUNNER_CONFIG")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
-    Ok(match config.or(from_env) {
+    match config.or(from_env) {
         Some(config) => Args {
             mode,
             config,
@@ -142,7 +153,7 @@ fn parse_args() -> Result<Args, ExitCode> {
             config: PathBuf::from(config::DEFAULT_CONFIG_FILE),
             explicit: false,
         },
-    })
+    }
 }
 
 /// One argument, owned, so the parser can be asked for what follows it.

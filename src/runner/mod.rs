@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
+
 pub use error::RunError;
 pub use threads::SpawnError;
 pub(crate) use threads::Threads;
@@ -30,7 +32,7 @@ use crate::outbox::Outbox;
 use crate::pool::Pool;
 use crate::protocol::{zero_time, RegistrationRequest};
 use crate::registration::{self, RegistrationError};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Never, Shutdown};
 use crate::statedir::StateDir;
 use crate::{dirwalk, disklimit, executor, fsutil, metrics, poller, recovery, retention};
 use crate::{sandbox, supervise};
@@ -97,21 +99,11 @@ impl Runner {
         let mut threads = Threads::default();
         let health = Arc::new(Health::default());
         health.start_writer(state, shutdown.clone(), &mut threads)?;
-        let exec = &config.execution;
-        let (api, stop) = (&base.api, &shutdown);
-        let shipper = LogShipper::start(
-            api.clone(),
-            exec.log_batch_lines,
-            exec.log_flush,
-            stop.clone(),
-            &mut threads,
-        )?;
-        let watcher = Watcher::start(api.clone(), exec.kill_grace, stop, &mut threads)?;
-        let limits = dirwalk::Limits {
-            bytes: exec.max_dir_bytes,
-            entries: exec.max_dir_entries,
-        };
-        let disk = disklimit::DiskWatch::start(limits, watcher.clone(), stop, &mut threads)?;
+        let Watches {
+            shipper,
+            watcher,
+            disk,
+        } = Watches::start(&config, &base.api, &shutdown, &mut threads)?;
         let ctx = Arc::new(Context {
             config: config.clone(),
             identity: base.identity,
@@ -124,7 +116,7 @@ impl Runner {
             health,
             shutdown: shutdown.clone(),
         });
-        let workers = exec.max_concurrent_executors;
+        let workers = config.execution.max_concurrent_executors;
         let pool = Arc::new(Pool::start(ctx.clone(), workers, &mut threads)?);
         let metrics = match config.runner.metrics_listen {
             Some(addr) => Some(serve_metrics(
@@ -217,6 +209,43 @@ impl Runner {
         } else {
             log::info!("stopped");
         }
+    }
+}
+
+/// What watches the running executions: the log shipper, the stop watcher
+/// and the disk watch (which stops an execution through the watcher).
+struct Watches {
+    shipper: LogShipper,
+    watcher: Watcher,
+    disk: disklimit::DiskWatch,
+}
+
+impl Watches {
+    fn start(
+        config: &Config,
+        api: &Arc<Api>,
+        stop: &Shutdown,
+        threads: &mut Threads,
+    ) -> Result<Self, RunError> {
+        let exec = &config.execution;
+        let shipper = LogShipper::start(
+            api.clone(),
+            exec.log_batch_lines,
+            exec.log_flush,
+            stop.clone(),
+            threads,
+        )?;
+        let watcher = Watcher::start(api.clone(), exec.kill_grace, stop, threads)?;
+        let limits = dirwalk::Limits {
+            bytes: exec.max_dir_bytes,
+            entries: exec.max_dir_entries,
+        };
+        let disk = disklimit::DiskWatch::start(limits, watcher.clone(), stop, threads)?;
+        Ok(Self {
+            shipper,
+            watcher,
+            disk,
+        })
     }
 }
 
@@ -382,9 +411,7 @@ fn drain(
     pool: &Pool,
     gate: &poller::Gate,
 ) {
-    let grace_over = Instant::now() + config.runner.shutdown_grace;
-    let mut stopping_since: Option<Instant> = None;
-    let mut next_report = Instant::now();
+    let mut clock = DrainClock::new(config, shutdown);
     loop {
         let g = gate.lock();
         let busy = pool.slots.busy();
@@ -398,41 +425,83 @@ fn drain(
         }
         drop(g);
         let now = Instant::now();
-        if stopping_since.is_none() && (shutdown.is_forced() || now >= grace_over) {
-            log::warn!(
-                "{}: stopping {busy} running execution(s)",
-                if shutdown.is_forced() {
-                    "second signal"
-                } else {
-                    "shutdown grace period over"
-                }
-            );
+        if clock.stop_due(busy, now) {
             watcher.stop_all(StopReason::Shutdown);
-            stopping_since = Some(now);
         }
         // Wake when a slot frees, at the next deadline, or on a second signal.
-        let (wake_at, second_signal) = match stopping_since {
-            Some(since) => {
-                // Executors get SIGKILL after kill_grace; then results go out.
-                let give_up = since + config.execution.kill_grace + DRAIN_REPORT_LIMIT;
-                if now >= give_up {
-                    log::error!("{busy} execution(s) did not finish reporting; exiting anyway");
-                    return;
-                }
-                (give_up, crossbeam_channel::never())
-            }
-            None => {
-                if now >= next_report {
-                    let left = grace_over.saturating_duration_since(now);
-                    log::info!(
-                        "shutting down: waiting for {busy} execution(s), {} s left",
-                        left.as_secs()
-                    );
-                    next_report = now + DRAIN_REPORT_EVERY;
-                }
-                (next_report.min(grace_over), shutdown.forced().clone())
-            }
+        let Some((wake_at, second_signal)) = clock.next_wake(busy, now) else {
+            return;
         };
         pool.slots.wait_change(wake_at, &second_signal);
+    }
+}
+
+/// The drain's deadlines, in their order: the grace period (with a line
+/// every [`DRAIN_REPORT_EVERY`] saying how many executions it waits for),
+/// then, once they are told to stop, their kill grace and
+/// [`DRAIN_REPORT_LIMIT`] for their results to go out.
+struct DrainClock<'a> {
+    shutdown: &'a Shutdown,
+    grace_over: Instant,
+    kill_grace: Duration,
+    stopping_since: Option<Instant>,
+    next_report: Instant,
+}
+
+impl<'a> DrainClock<'a> {
+    fn new(config: &Config, shutdown: &'a Shutdown) -> Self {
+        Self {
+            shutdown,
+            grace_over: Instant::now() + config.runner.shutdown_grace,
+            kill_grace: config.execution.kill_grace,
+            stopping_since: None,
+            next_report: Instant::now(),
+        }
+    }
+
+    /// True once: when the `busy` executions are to be stopped, on a second
+    /// signal or at the end of the grace period (said in one line).
+    fn stop_due(&mut self, busy: usize, now: Instant) -> bool {
+        let forced = self.shutdown.is_forced();
+        if self.stopping_since.is_some() || !(forced || now >= self.grace_over) {
+            return false;
+        }
+        log::warn!(
+            "{}: stopping {busy} running execution(s)",
+            if forced {
+                "second signal"
+            } else {
+                "shutdown grace period over"
+            }
+        );
+        self.stopping_since = Some(now);
+        true
+    }
+
+    /// The next deadline, and the second signal while it can still cut the
+    /// grace period short; `None` (said in one line) when the executions'
+    /// reports are given up on.
+    fn next_wake(&mut self, busy: usize, now: Instant) -> Option<(Instant, Receiver<Never>)> {
+        if let Some(since) = self.stopping_since {
+            // Executors get SIGKILL after kill_grace; then results go out.
+            let give_up = since + self.kill_grace + DRAIN_REPORT_LIMIT;
+            if now >= give_up {
+                log::error!("{busy} execution(s) did not finish reporting; exiting anyway");
+                return None;
+            }
+            return Some((give_up, crossbeam_channel::never()));
+        }
+        if now >= self.next_report {
+            let left = self.grace_over.saturating_duration_since(now);
+            log::info!(
+                "shutting down: waiting for {busy} execution(s), {} s left",
+                left.as_secs()
+            );
+            self.next_report = now + DRAIN_REPORT_EVERY;
+        }
+        Some((
+            self.next_report.min(self.grace_over),
+            self.shutdown.forced().clone(),
+        ))
     }
 }

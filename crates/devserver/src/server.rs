@@ -136,6 +136,14 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
         let app = Arc::clone(&app);
         ctrlc::set_handler(move || app.stop())?;
     }
+    announce(options, scheme, &addr)?;
+    accept_loop(&server, &app, relays.as_ref());
+    log::info!("shutting down");
+    Ok(())
+}
+
+/// The listening line on stdout, then what is served in the log.
+fn announce(options: &ServeOptions, scheme: &str, addr: &str) -> Result<(), ServeError> {
     // Tests read this line to learn the port; it must be the only stdout line.
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "flo-devserver listening on {scheme}://{addr}").map_err(ServeError::Stdout)?;
@@ -150,7 +158,12 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
             "API generation 2026-03 (GET poll, no /logs, no /status, no long-poll); admin API at {scheme}://{addr}/admin"
         ),
     }
+    Ok(())
+}
 
+/// Hands each request to its own thread, at most [`MAX_IN_FLIGHT`] at
+/// once, until the app is stopping.
+fn accept_loop(server: &Server, app: &Arc<App>, relays: Option<&Arc<Relays>>) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     while !app.is_stopping() {
         // A timeout rather than a blocking recv, so a signal is noticed.
@@ -171,23 +184,25 @@ pub fn serve(options: &ServeOptions) -> Result<(), ServeError> {
             let _ = write_reply(request, error(503, "too many requests in flight"));
             continue;
         }
-        let guard = InFlight::enter(&in_flight);
-        let app = Arc::clone(&app);
-        let relays = relays.clone();
-        let spawned = thread::Builder::new()
-            .name("devserver-request".into())
-            .spawn(move || {
-                let _guard = guard;
-                handle(&app, request, relays.as_deref());
-            });
-        // On failure the closure is dropped: tiny_http answers the request
-        // 500 and the guard gives its slot back.
-        if let Err(e) = spawned {
-            log::error!("cannot start a request thread: {e}");
-        }
+        spawn_handler(InFlight::enter(&in_flight), app, request, relays);
     }
-    log::info!("shutting down");
-    Ok(())
+}
+
+/// Handles `request` in a thread of its own, which holds `guard`.
+fn spawn_handler(guard: InFlight, app: &Arc<App>, request: Request, relays: Option<&Arc<Relays>>) {
+    let app = Arc::clone(app);
+    let relays = relays.cloned();
+    let spawned = thread::Builder::new()
+        .name("devserver-request".into())
+        .spawn(move || {
+            let _guard = guard;
+            handle(&app, request, relays.as_deref());
+        });
+    // On failure the closure is dropped: tiny_http answers the request
+    // 500 and the guard gives its slot back.
+    if let Err(e) = spawned {
+        log::error!("cannot start a request thread: {e}");
+    }
 }
 
 /// Counts a request (or a TLS connection) in flight for as long as it lives.

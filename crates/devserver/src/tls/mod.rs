@@ -218,46 +218,11 @@ fn connection(
         log::warn!("TLS connection from {client}: cannot set a write timeout: {e}");
         return;
     }
-    let conn = match handshake(&tcp, config) {
-        Ok(conn) => conn,
-        Err(HandshakeError::NotTls) => {
-            log::warn!(
-                "TLS handshake with {client} failed: {}; answered 400",
-                HandshakeError::NotTls
-            );
-            answer_plain_http(&tcp);
-            return;
-        }
-        Err(HandshakeError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => {
-            log::info!("TLS handshake with {client} failed: the client reset the connection");
-            return;
-        }
-        Err(e) => {
-            log::warn!("TLS handshake with {client} failed: {e}");
-            return;
-        }
+    let Some(mut conn) = accept_tls(&tcp, client, config) else {
+        return;
     };
-    log::debug!(
-        "TLS connection from {client}: {:?}, {:?}{}",
-        conn.protocol_version(),
-        conn.negotiated_cipher_suite().map(|s| s.suite()),
-        if conn.peer_certificates().is_some() {
-            ", client certificate verified"
-        } else {
-            ""
-        }
-    );
-    let backend = match TcpStream::connect(internal) {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!(
-                "TLS connection from {client}: cannot reach the internal server {internal}: {e}"
-            );
-            let mut conn = conn;
-            conn.send_close_notify();
-            let _ = flush_tls(&mut conn, &tcp);
-            return;
-        }
+    let Some(backend) = open_backend(&mut conn, &tcp, client, internal) else {
+        return;
     };
     let local = match backend.local_addr() {
         Ok(a) => a,
@@ -273,6 +238,66 @@ fn connection(
     }
     let _ = backend.shutdown(Shutdown::Both);
     let _ = tcp.shutdown(Shutdown::Both);
+}
+
+/// The handshake with `client`; `None` when it failed (logged, and a plain
+/// HTTP client answered 400).
+fn accept_tls(
+    tcp: &TcpStream,
+    client: SocketAddr,
+    config: Arc<ServerConfig>,
+) -> Option<ServerConnection> {
+    let conn = match handshake(tcp, config) {
+        Ok(conn) => conn,
+        Err(HandshakeError::NotTls) => {
+            log::warn!(
+                "TLS handshake with {client} failed: {}; answered 400",
+                HandshakeError::NotTls
+            );
+            answer_plain_http(tcp);
+            return None;
+        }
+        Err(HandshakeError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => {
+            log::info!("TLS handshake with {client} failed: the client reset the connection");
+            return None;
+        }
+        Err(e) => {
+            log::warn!("TLS handshake with {client} failed: {e}");
+            return None;
+        }
+    };
+    log::debug!(
+        "TLS connection from {client}: {:?}, {:?}{}",
+        conn.protocol_version(),
+        conn.negotiated_cipher_suite().map(|s| s.suite()),
+        if conn.peer_certificates().is_some() {
+            ", client certificate verified"
+        } else {
+            ""
+        }
+    );
+    Some(conn)
+}
+
+/// A connection to the internal server for `client`'s requests; `None`
+/// when there is none (logged, and the client sent a close_notify).
+fn open_backend(
+    conn: &mut ServerConnection,
+    tcp: &TcpStream,
+    client: SocketAddr,
+    internal: SocketAddr,
+) -> Option<TcpStream> {
+    match TcpStream::connect(internal) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            log::error!(
+                "TLS connection from {client}: cannot reach the internal server {internal}: {e}"
+            );
+            conn.send_close_notify();
+            let _ = flush_tls(conn, tcp);
+            None
+        }
+    }
 }
 
 /// Writes everything rustls has queued for the client.
@@ -486,30 +511,8 @@ fn client_to_backend(
     let mut received: Option<usize> = None;
     loop {
         let mut out = Vec::new();
-        let mut closed = false;
-        {
-            let mut guard = lock(conn);
-            if let Some(n) = received {
-                let mut input = &raw[..n];
-                loop {
-                    // With n == 0 this tells rustls the stream ended.
-                    let fed = guard.read_tls(&mut input)?;
-                    if let Err(e) = guard.process_new_packets() {
-                        // Send the alert that says why, then give up.
-                        let _ = flush_tls(&mut guard, tcp);
-                        return Err(io::Error::new(ErrorKind::InvalidData, describe(&e)));
-                    }
-                    closed |= drain(&mut guard, &mut plain, &mut out)?;
-                    if fed == 0 || input.is_empty() || closed {
-                        break;
-                    }
-                }
-            } else {
-                closed |= drain(&mut guard, &mut plain, &mut out)?;
-            }
-            // Answers rustls owes the client (key updates, alerts).
-            flush_tls(&mut guard, tcp)?;
-        }
+        let input = received.map(|n| &raw[..n]);
+        let closed = decrypt(conn, tcp, input, &mut plain, &mut out)?;
         to_backend.write_all(&out)?;
         if closed || received == Some(0) {
             return Ok(());
@@ -527,6 +530,41 @@ fn client_to_backend(
         };
         activity.touch();
     }
+}
+
+/// Feeds `input` read from the client (`None`: nothing read yet) to rustls
+/// and moves the plaintext into `out`, then sends what rustls owes the
+/// client; true when the client has closed. The connection stays locked
+/// throughout, so the records rustls sends go out in order.
+fn decrypt(
+    conn: &Shared,
+    tcp: &TcpStream,
+    input: Option<&[u8]>,
+    plain: &mut [u8],
+    out: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let mut closed = false;
+    let mut guard = lock(conn);
+    if let Some(mut input) = input {
+        loop {
+            // With an empty input this tells rustls the stream ended.
+            let fed = guard.read_tls(&mut input)?;
+            if let Err(e) = guard.process_new_packets() {
+                // Send the alert that says why, then give up.
+                let _ = flush_tls(&mut guard, tcp);
+                return Err(io::Error::new(ErrorKind::InvalidData, describe(&e)));
+            }
+            closed |= drain(&mut guard, plain, out)?;
+            if fed == 0 || input.is_empty() || closed {
+                break;
+            }
+        }
+    } else {
+        closed |= drain(&mut guard, plain, out)?;
+    }
+    // Answers rustls owes the client (key updates, alerts).
+    flush_tls(&mut guard, tcp)?;
+    Ok(closed)
 }
 
 /// Moves the plaintext rustls holds into `out`; true when the client has
