@@ -268,21 +268,15 @@ pub fn usage(top: &Path, dir: impl AsFd, stop: Limits) -> Result<Usage, WalkErro
 /// Counts the entries of the current directory; returns its subdirectories.
 fn count_level(walk: &Walk, usage: &mut Usage) -> Result<Vec<CString>, WalkError> {
     let mut subdirs = Vec::new();
-    let list = entries(&walk.cur).map_err(|e| WalkError::Io {
+    let read_error = |source| WalkError::Io {
         what: "read",
         name: ".".into(),
         depth: walk.stack.len(),
         top: walk.top.to_path_buf(),
-        source: e,
-    })?;
-    for entry in list {
-        let (name, _) = entry.map_err(|e| WalkError::Io {
-            what: "read",
-            name: ".".into(),
-            depth: walk.stack.len(),
-            top: walk.top.to_path_buf(),
-            source: e,
-        })?;
+        source,
+    };
+    for entry in entries(&walk.cur).map_err(read_error)? {
+        let (name, _) = entry.map_err(read_error)?;
         let stat = match rfs::statat(&walk.cur, &name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(s) => s,
             // Removed since it was listed: nothing to count.
