@@ -127,21 +127,24 @@ struct Options {
 }
 
 impl Options {
+    /// The flags that take the next argument as their value (when not given
+    /// as `--flag=value`); values of the ones not kept are dropped.
+    const WITH_VALUE: &[&str] = &[
+        "output",
+        "path",
+        "entry",
+        "id",
+        "flow",
+        "api",
+        "runner",
+        "environment",
+        "trigger-data",
+        "context",
+        "key",
+        "manifest",
+    ];
+
     fn parse(args: &[String]) -> Options {
-        const WITH_VALUE: &[&str] = &[
-            "output",
-            "path",
-            "entry",
-            "id",
-            "flow",
-            "api",
-            "runner",
-            "environment",
-            "trigger-data",
-            "context",
-            "key",
-            "manifest",
-        ];
         let mut opts = Options::default();
         let mut i = 0;
         while i < args.len() {
@@ -156,26 +159,32 @@ impl Options {
             }
             let (name, value) = match flag.split_once('=') {
                 Some((name, value)) => (name, Some(value.to_string())),
-                None if WITH_VALUE.contains(&flag) => {
+                None if Self::WITH_VALUE.contains(&flag) => {
                     let value = args.get(i).cloned();
                     i += 1;
                     (flag, value)
                 }
                 None => continue, // unknown flag: ignored
             };
-            let Some(value) = value else { continue };
-            match name {
-                "manifest" => opts.manifest = Some(value),
-                "path" => opts.path = Some(value),
-                "entry" => opts.entry = Some(value),
-                "id" => opts.id = Some(value),
-                "flow" => opts.flow = Some(value),
-                "trigger-data" => opts.trigger_data = Some(value),
-                "context" => opts.context = Some(value),
-                _ => {}
+            if let Some(value) = value {
+                opts.set(name, value);
             }
         }
         opts
+    }
+
+    /// Keeps the value of a flag this executor uses; others are ignored.
+    fn set(&mut self, name: &str, value: String) {
+        match name {
+            "manifest" => self.manifest = Some(value),
+            "path" => self.path = Some(value),
+            "entry" => self.entry = Some(value),
+            "id" => self.id = Some(value),
+            "flow" => self.flow = Some(value),
+            "trigger-data" => self.trigger_data = Some(value),
+            "context" => self.context = Some(value),
+            _ => {}
+        }
     }
 }
 
@@ -275,106 +284,122 @@ fn now_ms() -> u64 {
 }
 
 fn run(args: &[String], opts: &Options) -> i32 {
-    let resumed = std::env::var(RESUME_ENV).ok();
-    std::env::remove_var(RESUME_ENV);
-    let mut walk = match &resumed {
-        Some(text) => match serde_json::from_str(text)
-            .ok()
-            .as_ref()
-            .and_then(Walk::from_json)
-        {
-            Some(walk) => walk,
-            None => {
-                eprintln!("{NAME}: {RESUME_ENV} is not a valid resume state");
-                return 2;
-            }
-        },
-        None => {
-            if let Err(e) = write_argv(args) {
-                eprintln!("{NAME}: cannot write argv.json: {e}");
-            }
-            Walk::new()
-        }
+    let (mut walk, resumed) = match start_walk(args) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
-
-    let Some(path) = &opts.path else {
-        eprintln!("{NAME}: no flow file given (--path)");
-        return 2;
-    };
-    let flow: Value = match fs::read(path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(flow) => flow,
-            Err(e) => {
-                eprintln!("{NAME}: flow file {path} is not valid JSON: {e}");
-                return 2;
-            }
-        },
-        Err(e) => {
-            eprintln!("{NAME}: cannot read flow file {path}: {e}");
-            return 2;
-        }
+    let flow = match read_flow(opts) {
+        Ok(flow) => flow,
+        Err(code) => return code,
     };
     let nodes: &[Value] = flow
         .get("nodes")
         .and_then(Value::as_array)
         .map_or(&[][..], Vec::as_slice);
-
-    if resumed.is_none() {
-        let entry = opts.entry.as_deref().unwrap_or("");
-        if !entry.is_empty() {
-            if let Some(i) = nodes
-                .iter()
-                .enumerate()
-                .position(|(i, n)| node_id(n, i) == entry)
-            {
-                walk.next = i;
-            }
+    // A resumed walk already knows its next node; only a fresh one honours
+    // `--entry`.
+    if !resumed {
+        if let Some(i) = entry_index(nodes, opts.entry.as_deref().unwrap_or("")) {
+            walk.next = i;
         }
     }
+    if let Some(code) = walk_nodes(nodes, args, opts, &mut walk) {
+        flush_all();
+        return code;
+    }
+    flush_all();
+    write_state(opts, &walk)
+}
 
+/// The walk to carry on with and whether it was resumed: the one carried over
+/// an `ignore_sigterm` re-exec, or a fresh one after writing `argv.json`.
+/// `Err` holds the exit code.
+fn start_walk(args: &[String]) -> Result<(Walk, bool), i32> {
+    let resumed = std::env::var(RESUME_ENV).ok();
+    std::env::remove_var(RESUME_ENV);
+    let Some(text) = resumed else {
+        if let Err(e) = write_argv(args) {
+            eprintln!("{NAME}: cannot write argv.json: {e}");
+        }
+        return Ok((Walk::new(), false));
+    };
+    match serde_json::from_str(&text)
+        .ok()
+        .as_ref()
+        .and_then(Walk::from_json)
+    {
+        Some(walk) => Ok((walk, true)),
+        None => {
+            eprintln!("{NAME}: {RESUME_ENV} is not a valid resume state");
+            Err(2)
+        }
+    }
+}
+
+/// The flow file named by `--path`, parsed. `Err` holds the exit code.
+fn read_flow(opts: &Options) -> Result<Value, i32> {
+    let Some(path) = &opts.path else {
+        eprintln!("{NAME}: no flow file given (--path)");
+        return Err(2);
+    };
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            eprintln!("{NAME}: flow file {path} is not valid JSON: {e}");
+            2
+        }),
+        Err(e) => {
+            eprintln!("{NAME}: cannot read flow file {path}: {e}");
+            Err(2)
+        }
+    }
+}
+
+/// The index of the node whose id is `entry`; `None` when `entry` is empty or
+/// names no node (the walk then starts at the first).
+fn entry_index(nodes: &[Value], entry: &str) -> Option<usize> {
+    if entry.is_empty() {
+        return None;
+    }
+    nodes
+        .iter()
+        .enumerate()
+        .position(|(i, n)| node_id(n, i) == entry)
+}
+
+/// Runs the nodes from `walk.next` on, recording their outputs. Returns the
+/// exit code when an `exit` node ends the executor at once.
+fn walk_nodes(nodes: &[Value], args: &[String], opts: &Options, walk: &mut Walk) -> Option<i32> {
     while walk.next < nodes.len() {
         let index = walk.next;
         walk.next += 1;
         let node = &nodes[index];
         let id = node_id(node, index);
-        match run_node(node, &id, opts, &mut walk) {
+        match run_node(node, &id, opts, walk) {
             Step::Continue(output) => {
                 walk.outputs.insert(id, output);
             }
-            Step::Exit(code) => {
-                flush_all();
-                return code;
-            }
+            Step::Exit(code) => return Some(code),
             Step::IgnoreSigterm => {
                 walk.outputs.insert(id, json!({"ok": true}));
                 // Only returns when the exec failed.
-                let e = reexec_ignoring_sigterm(args, &walk);
+                let e = reexec_ignoring_sigterm(args, walk);
                 eprintln!("{NAME}: cannot re-exec to ignore SIGTERM: {e}");
             }
         }
     }
+    None
+}
 
-    flush_all();
+/// Writes `state.json` at the end of the walk (unless a `no_state` node ran)
+/// and returns the exit code.
+fn write_state(opts: &Options, walk: &Walk) -> i32 {
     if walk.no_state {
         return 0;
     }
     let contents = if walk.bad_state {
         b"{not json".to_vec()
     } else {
-        let duration = now_ms().saturating_sub(walk.start_ms);
-        let status = walk
-            .status
-            .clone()
-            .unwrap_or_else(|| json!(i32::from(walk.failed)));
-        let state = json!({
-            "id": opts.id.as_deref().unwrap_or(""),
-            "flow_id": opts.flow.as_deref().unwrap_or(""),
-            "status": status,
-            "duration": duration,
-            "billing_duration": duration,
-            "outputs": walk.outputs,
-        });
-        match serde_json::to_vec(&state) {
+        match serde_json::to_vec(&final_state(opts, walk)) {
             Ok(bytes) => bytes,
             Err(e) => {
                 eprintln!("{NAME}: cannot serialise state.json: {e}");
@@ -389,27 +414,36 @@ fn run(args: &[String], opts: &Options) -> i32 {
     0
 }
 
+/// The `state.json` document: the last `status` override, else 1 after a
+/// `fail` node, else 0.
+fn final_state(opts: &Options, walk: &Walk) -> Value {
+    let duration = now_ms().saturating_sub(walk.start_ms);
+    let status = walk
+        .status
+        .clone()
+        .unwrap_or_else(|| json!(i32::from(walk.failed)));
+    json!({
+        "id": opts.id.as_deref().unwrap_or(""),
+        "flow_id": opts.flow.as_deref().unwrap_or(""),
+        "status": status,
+        "duration": duration,
+        "billing_duration": duration,
+        "outputs": walk.outputs,
+    })
+}
+
 fn write_argv(args: &[String]) -> io::Result<()> {
     let cwd = std::env::current_dir()?;
     let doc = json!({
         "argv": args,
         "cwd": cwd.to_string_lossy(),
         "pid": process::id(),
-        "pgid": process_group(),
+        "pgid": stat_field::<i64>("/proc/self/stat", 5),
     });
     fs::write(
         "argv.json",
         serde_json::to_vec(&doc).map_err(io::Error::other)?,
     )
-}
-
-/// The process group id: field 5 of /proc/self/stat. The command name (field
-/// 2) is in parentheses and may itself hold spaces or parentheses, so fields
-/// are counted after the last `)`.
-fn process_group() -> Option<i64> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(2)?.parse().ok()
 }
 
 fn node_id(node: &Value, index: usize) -> String {
@@ -438,68 +472,20 @@ fn usize_field(node: &Value, key: &str, default: usize) -> usize {
     usize::try_from(u64_field(node, key, default as u64)).unwrap_or(usize::MAX)
 }
 
+/// Runs one node (see the table in the module comment) and says how the walk
+/// goes on.
 fn run_node(node: &Value, id: &str, opts: &Options, walk: &mut Walk) -> Step {
-    let ok = json!({"ok": true});
     match node.get("type").and_then(Value::as_str) {
-        Some("log") => {
-            let line = format!("[node {id}] {}", str_field(node, "message"));
-            write_line(&mut io::stdout().lock(), line.as_bytes());
-        }
-        Some("stderr") => {
-            let line = format!("[node {id}] {}", str_field(node, "message"));
-            write_line(&mut io::stderr().lock(), line.as_bytes());
-        }
-        Some("print") => {
-            let count = u64_field(node, "count", 1);
-            let bytes = usize_field(node, "bytes", 80);
-            with_stream(node, |out| {
-                let mut line = Vec::with_capacity(bytes + 1);
-                for i in 1..=count {
-                    line.clear();
-                    let _ = write!(line, "line {i:06} ");
-                    if line.len() < bytes {
-                        line.resize(bytes, b'x');
-                    }
-                    line.push(b'\n');
-                    out.write_all(&line)?;
-                }
-                Ok(())
-            });
-        }
-        Some("binary") => {
-            let n = usize_field(node, "bytes", 16);
-            let mut data: Vec<u8> = [0xff, 0xfe, 0xfd, 0xfc]
-                .into_iter()
-                .cycle()
-                .take(n)
-                .collect();
-            data.push(b'\n');
-            with_stream(node, |out| out.write_all(&data));
-        }
-        Some("longline") => {
-            let n = usize_field(node, "bytes", 100_000);
-            with_stream(node, |out| {
-                let chunk = [b'a'; 8192];
-                let mut left = n;
-                while left > 0 {
-                    let take = left.min(chunk.len());
-                    out.write_all(&chunk[..take])?;
-                    left -= take;
-                }
-                Ok(())
-            });
-        }
+        Some("log") => write_line(&mut io::stdout().lock(), node_message(node, id).as_bytes()),
+        Some("stderr") => write_line(&mut io::stderr().lock(), node_message(node, id).as_bytes()),
+        Some("print") => print_numbered_lines(node),
+        Some("binary") => print_binary(node),
+        Some("longline") => print_long_line(node),
         Some("sleep") => {
             flush_all();
             thread::sleep(Duration::from_millis(u64_field(node, "ms", 0)));
         }
-        Some("fail") => {
-            let message = str_field(node, "message");
-            let line = format!("[node {id}] failed: {message}");
-            write_line(&mut io::stderr().lock(), line.as_bytes());
-            walk.failed = true;
-            return Step::Continue(json!({"ok": false, "error": message}));
-        }
+        Some("fail") => return fail(node, id, walk),
         Some("exit") => {
             let code = node.get("code").and_then(Value::as_i64).unwrap_or(0);
             return Step::Exit(i32::try_from(code).unwrap_or(1));
@@ -510,89 +496,163 @@ fn run_node(node: &Value, id: &str, opts: &Options, walk: &mut Walk) -> Step {
         Some("ignore_sigterm") => return Step::IgnoreSigterm,
         Some("spawn") => spawn_grandchild(node, id),
         Some("daemon") => spawn_daemon(node, id),
-        Some("echo_trigger") => {
-            for (label, file) in [
-                ("trigger-data", &opts.trigger_data),
-                ("context", &opts.context),
-            ] {
-                if let Some(file) = file {
-                    let line = match fs::read(file) {
-                        Ok(bytes) => {
-                            let text = String::from_utf8_lossy(&bytes);
-                            let text = text
-                                .trim_end()
-                                .replace("\r\n", " ")
-                                .replace(['\n', '\r'], " ");
-                            format!("{label}: {text}")
-                        }
-                        Err(e) => format!("{label}: <unreadable: {e}>"),
-                    };
-                    write_line(&mut io::stdout().lock(), line.as_bytes());
-                }
-            }
-        }
-        Some("env") => {
-            let mut vars: Vec<(String, String)> = std::env::vars_os()
-                .map(|(k, v)| {
-                    (
-                        k.to_string_lossy().into_owned(),
-                        v.to_string_lossy().into_owned(),
-                    )
-                })
-                .collect();
-            vars.sort();
-            let mut out = io::stdout().lock();
-            for (k, v) in vars {
-                let line = format!("env {k}={}", v.replace('\n', "\\n"));
-                write_line(&mut out, line.as_bytes());
-            }
-        }
+        Some("echo_trigger") => echo_trigger(opts),
+        Some("env") => print_env(),
         Some("read_file") => read_file(
             str_field(node, "path"),
             node.get("print") == Some(&json!(true)),
         ),
-        Some("run") => {
-            let argv: Vec<&str> = node
-                .get("argv")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let program = argv.first().copied().unwrap_or("");
-            flush_all();
-            let line = match Command::new(program)
-                .args(argv.iter().skip(1))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .status()
-            {
-                Ok(status) => match status.code() {
-                    Some(code) => format!("run {program}: exit {code}"),
-                    None => format!("run {program}: signal"),
-                },
-                Err(e) => format!("run {program}: error: {e}"),
-            };
-            write_line(&mut io::stdout().lock(), line.as_bytes());
+        Some("run") => run_program(node),
+        Some("write_file") => write_file(str_field(node, "path"), str_field(node, "content")),
+        _ => return skip_unknown(node, id),
+    }
+    Step::Continue(json!({"ok": true}))
+}
+
+/// The line of a `log` or `stderr` node.
+fn node_message(node: &Value, id: &str) -> String {
+    format!("[node {id}] {}", str_field(node, "message"))
+}
+
+/// The `print` node: `count` numbered lines padded with `x` to `bytes`.
+fn print_numbered_lines(node: &Value) {
+    let count = u64_field(node, "count", 1);
+    let bytes = usize_field(node, "bytes", 80);
+    with_stream(node, |out| {
+        let mut line = Vec::with_capacity(bytes + 1);
+        for i in 1..=count {
+            line.clear();
+            let _ = write!(line, "line {i:06} ");
+            if line.len() < bytes {
+                line.resize(bytes, b'x');
+            }
+            line.push(b'\n');
+            out.write_all(&line)?;
         }
-        Some("write_file") => {
-            let path = str_field(node, "path");
-            let line = match fs::write(path, str_field(node, "content")) {
-                Ok(()) => format!("write_file {path}: ok"),
-                Err(e) => format!("write_file {path}: error: {e}"),
-            };
-            write_line(&mut io::stdout().lock(), line.as_bytes());
+        Ok(())
+    });
+}
+
+/// The `binary` node: bytes that are never valid UTF-8, then a newline.
+fn print_binary(node: &Value) {
+    let n = usize_field(node, "bytes", 16);
+    let mut data: Vec<u8> = [0xff, 0xfe, 0xfd, 0xfc]
+        .into_iter()
+        .cycle()
+        .take(n)
+        .collect();
+    data.push(b'\n');
+    with_stream(node, |out| out.write_all(&data));
+}
+
+/// The `longline` node: `bytes` of `a` and no newline.
+fn print_long_line(node: &Value) {
+    let n = usize_field(node, "bytes", 100_000);
+    with_stream(node, |out| {
+        let chunk = [b'a'; 8192];
+        let mut left = n;
+        while left > 0 {
+            let take = left.min(chunk.len());
+            out.write_all(&chunk[..take])?;
+            left -= take;
         }
-        _ => {
-            let kind = match node.get("type") {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => "null".to_string(),
+        Ok(())
+    });
+}
+
+/// The `fail` node: the failure is reported and recorded, and the walk goes on.
+fn fail(node: &Value, id: &str, walk: &mut Walk) -> Step {
+    let message = str_field(node, "message");
+    let line = format!("[node {id}] failed: {message}");
+    write_line(&mut io::stderr().lock(), line.as_bytes());
+    walk.failed = true;
+    Step::Continue(json!({"ok": false, "error": message}))
+}
+
+/// An unknown node type: said so on stdout, and recorded as skipped.
+fn skip_unknown(node: &Value, id: &str) -> Step {
+    let kind = match node.get("type") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "null".to_string(),
+    };
+    let line = format!("[node {id}] skipped unknown type {kind}");
+    write_line(&mut io::stdout().lock(), line.as_bytes());
+    Step::Continue(json!({"ok": true, "skipped": true}))
+}
+
+/// The `echo_trigger` node: the trigger data and context files, one line each.
+fn echo_trigger(opts: &Options) {
+    for (label, file) in [
+        ("trigger-data", &opts.trigger_data),
+        ("context", &opts.context),
+    ] {
+        if let Some(file) = file {
+            let line = match fs::read(file) {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let text = text
+                        .trim_end()
+                        .replace("\r\n", " ")
+                        .replace(['\n', '\r'], " ");
+                    format!("{label}: {text}")
+                }
+                Err(e) => format!("{label}: <unreadable: {e}>"),
             };
-            let line = format!("[node {id}] skipped unknown type {kind}");
             write_line(&mut io::stdout().lock(), line.as_bytes());
-            return Step::Continue(json!({"ok": true, "skipped": true}));
         }
     }
-    Step::Continue(ok)
+}
+
+/// The `env` node: the environment, sorted by name, one variable a line.
+fn print_env() {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    vars.sort();
+    let mut out = io::stdout().lock();
+    for (k, v) in vars {
+        let line = format!("env {k}={}", v.replace('\n', "\\n"));
+        write_line(&mut out, line.as_bytes());
+    }
+}
+
+/// The `run` node: runs `argv` to completion and reports how it ended.
+fn run_program(node: &Value) {
+    let argv: Vec<&str> = node
+        .get("argv")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let program = argv.first().copied().unwrap_or("");
+    flush_all();
+    let line = match Command::new(program)
+        .args(argv.iter().skip(1))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(status) => match status.code() {
+            Some(code) => format!("run {program}: exit {code}"),
+            None => format!("run {program}: signal"),
+        },
+        Err(e) => format!("run {program}: error: {e}"),
+    };
+    write_line(&mut io::stdout().lock(), line.as_bytes());
+}
+
+/// The `write_file` node: says whether `path` could be written.
+fn write_file(path: &str, content: &str) {
+    let line = match fs::write(path, content) {
+        Ok(()) => format!("write_file {path}: ok"),
+        Err(e) => format!("write_file {path}: error: {e}"),
+    };
+    write_line(&mut io::stdout().lock(), line.as_bytes());
 }
 
 /// The `read_file` node: says whether `path` could be opened and read.
@@ -642,6 +702,17 @@ fn flush_all() {
     let _ = io::stderr().flush();
 }
 
+/// With `"stdio": "null"` the child gets no stdin/stdout/stderr; otherwise it
+/// inherits them (and so keeps the runner's pipes open).
+fn detach_if_asked(command: &mut Command, node: &Value) {
+    if str_field(node, "stdio") == "null" {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
+}
+
 fn spawn_grandchild(node: &Value, id: &str) {
     let ms = u64_field(node, "ms", 60_000);
     let seconds = if ms.is_multiple_of(1000) {
@@ -651,12 +722,7 @@ fn spawn_grandchild(node: &Value, id: &str) {
     };
     let mut command = Command::new("sleep");
     command.arg(&seconds);
-    if str_field(node, "stdio") == "null" {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-    }
+    detach_if_asked(&mut command, node);
     flush_all();
     // The child is deliberately neither waited for nor killed: dropping a
     // `Child` leaves the process running.
@@ -689,39 +755,46 @@ fn spawn_daemon(node: &Value, id: &str) {
     let script = format!("setsid {env} {seconds} & echo $! >> daemon.pid");
     let mut command = Command::new("sh");
     command.arg("-c").arg(script);
-    if str_field(node, "stdio") == "null" {
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-    }
+    detach_if_asked(&mut command, node);
     flush_all();
     match command.status() {
         Ok(s) if s.success() => {}
         Ok(s) => eprintln!("{NAME}: [node {id}] the daemon's shell ended with {s}"),
         Err(e) => eprintln!("{NAME}: [node {id}] cannot run sh for the daemon: {e}"),
     }
-    // `$!` is written as soon as sh has forked: wait (up to 5 s) until the
-    // daemon is a session leader running `sleep`, so that whoever reads
-    // `daemon.pid` after this node sees the daemon, not its start.
+    wait_until_daemon_runs();
+}
+
+/// `$!` is written as soon as sh has forked: wait (up to 5 s) until the
+/// daemon last appended to `daemon.pid` is a session leader running `sleep`,
+/// so that whoever reads `daemon.pid` after the node sees the daemon, not its
+/// start.
+fn wait_until_daemon_runs() {
     let pid = fs::read_to_string("daemon.pid")
         .ok()
         .and_then(|t| t.lines().last().and_then(|l| l.trim().parse::<u32>().ok()));
-    if let Some(pid) = pid {
-        for _ in 0..500 {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let session = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.get(s.rfind(')')? + 1..)?.to_string();
-                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
-                });
-            if comm.trim() == "sleep" && session == Some(pid) {
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
+    let Some(pid) = pid else { return };
+    for _ in 0..500 {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let session = stat_field::<u32>(&format!("/proc/{pid}/stat"), 6);
+        if comm.trim() == "sleep" && session == Some(pid) {
+            break;
         }
+        thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Field `field` (from 1, as in proc(5): 5 is the process group, 6 the
+/// session) of a `/proc/<pid>/stat` file. The command name (field 2) is in
+/// parentheses and may itself hold spaces or parentheses, so fields are
+/// counted after the last `)`.
+fn stat_field<T: std::str::FromStr>(path: &str, field: usize) -> Option<T> {
+    let stat = fs::read_to_string(path).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace()
+        .nth(field.checked_sub(3)?)?
+        .parse()
+        .ok()
 }
 
 /// Replaces this process with `sh`, which ignores SIGTERM and then execs this
