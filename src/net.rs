@@ -135,13 +135,30 @@ fn system_roots() -> Vec<Certificate<'static>> {
 /// three fields: so each anchor is wrapped in the smallest certificate rustls
 /// reads back to the same anchor (a unit test checks every one). A root's
 /// signature, validity and other extensions are never checked (it is trusted
-/// as given), so the wrapper has none.
+/// as given), so the wrapper has none. Unlike `webpki-root-certs`, the
+/// anchors carry the name constraints Mozilla sets beside a root (TUBITAK's
+/// to `.tr`), as the runner's roots did before ureq 3.
 mod mozilla {
     use ureq::tls::Certificate;
+
+    /// Roots Mozilla has withdrawn since the `webpki-roots` release the
+    /// registry has (1.0.10), by their subject's common name: gone from the
+    /// `webpki-root-certs` release the runner used before (1.0.11), so they
+    /// stay untrusted. A unit test checks the two sets are the same; once
+    /// `webpki-roots` is at 1.0.11 or later this list matches nothing and
+    /// can go.
+    const WITHDRAWN: [&[u8]; 2] = [b"emSign ECC Root CA - C3", b"emSign Root CA - C1"];
+
+    pub(super) fn withdrawn(subject: &[u8]) -> bool {
+        WITHDRAWN
+            .iter()
+            .any(|name| subject.windows(name.len()).any(|w| w == *name))
+    }
 
     pub(super) fn roots() -> Vec<Certificate<'static>> {
         webpki_roots::TLS_SERVER_ROOTS
             .iter()
+            .filter(|anchor| !withdrawn(&anchor.subject))
             .map(|anchor| {
                 let der = certificate(
                     &anchor.subject,
@@ -477,7 +494,10 @@ mod tests {
     /// came from, name constraints included, the one root with some too.
     #[test]
     fn the_mozilla_roots_read_back_as_their_trust_anchors() {
-        let anchors = webpki_roots::TLS_SERVER_ROOTS;
+        let anchors: Vec<_> = webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .filter(|a| !mozilla::withdrawn(&a.subject))
+            .collect();
         let roots = mozilla::roots();
         assert_eq!(roots.len(), anchors.len());
         for (anchor, root) in anchors.iter().zip(&roots) {
@@ -485,9 +505,47 @@ mod tests {
             store
                 .add(CertificateDer::from(root.der()))
                 .expect("a usable trust anchor");
-            assert_eq!(store.roots, [anchor.to_owned()]);
+            assert_eq!(store.roots, [(*anchor).to_owned()]);
         }
         assert!(anchors.iter().any(|a| a.name_constraints.is_some()));
+        // The same roots, to the trust anchor, as the full certificates of
+        // `webpki-root-certs` (what the runner embedded before) give.
+        let mut ours = RootCertStore::empty();
+        ours.add_parsable_certificates(roots.iter().map(|c| CertificateDer::from(c.der())));
+        let mut theirs = RootCertStore::empty();
+        theirs.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+        // But for the name constraints Mozilla adds beside a root's
+        // certificate (the `.tr` of TUBITAK's): `webpki-roots` keeps them,
+        // a certificate does not carry them, so they were lost with
+        // `webpki-root-certs` (ureq 2 and the runner before it used the
+        // anchors, and had them).
+        let ours: Vec<_> = ours
+            .roots
+            .into_iter()
+            .map(|a| rustls_pki_types::TrustAnchor {
+                name_constraints: None,
+                ..a
+            })
+            .collect();
+        let theirs = theirs.roots;
+        let subject = |a: &rustls_pki_types::TrustAnchor<'_>| {
+            String::from_utf8_lossy(&a.subject).into_owned()
+        };
+        let extra: Vec<_> = ours
+            .iter()
+            .filter(|a| !theirs.contains(a))
+            .map(subject)
+            .collect();
+        let missing: Vec<_> = theirs
+            .iter()
+            .filter(|a| !ours.contains(a))
+            .map(subject)
+            .collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "extra {extra:?}, missing {missing:?}"
+        );
+        assert_eq!(ours.len(), theirs.len());
         // Long-form lengths: a subject or key of 128 bytes or more.
         let long = [7u8; 300];
         let cert = mozilla::certificate(&long, &long, Some(&long));
