@@ -115,16 +115,119 @@ fn system_roots() -> Vec<Certificate<'static>> {
     let found = rustls_native_certs::load_native_certs().certs;
     let (usable, _) = RootCertStore::empty().add_parsable_certificates(found.iter().cloned());
     if usable == 0 {
-        // Static data: borrowed, not copied.
-        return webpki_root_certs::TLS_SERVER_ROOT_CERTS
-            .iter()
-            .map(|c| Certificate::from_der(c))
-            .collect();
+        return mozilla::roots();
     }
     found
         .iter()
         .map(|c| Certificate::from_der(c).to_owned())
         .collect()
+}
+
+/// The Mozilla roots as the certificates ureq takes, made from
+/// `webpki-roots`' trust anchors when they are needed.
+///
+/// The roots are embedded as trust anchors (subject, key, name constraints:
+/// all rustls keeps of a root), not as the full certificates of
+/// `webpki-root-certs`, which would add ~100 KB to the binary for a
+/// fallback few runners use. ureq takes certificates only, and hands them to
+/// rustls, which turns each back into a trust anchor
+/// (`webpki::anchor_from_trusted_cert`) reading nothing of a root but those
+/// three fields: so each anchor is wrapped in the smallest certificate rustls
+/// reads back to the same anchor (a unit test checks every one). A root's
+/// signature, validity and other extensions are never checked (it is trusted
+/// as given), so the wrapper has none. Unlike `webpki-root-certs`, the
+/// anchors carry the name constraints Mozilla sets beside a root (TUBITAK's
+/// to `.tr`), as the runner's roots did before ureq 3.
+mod mozilla {
+    use ureq::tls::Certificate;
+
+    /// Roots Mozilla has withdrawn since the `webpki-roots` release the
+    /// registry has (1.0.10), by their subject's common name: gone from the
+    /// `webpki-root-certs` release the runner used before (1.0.11), so they
+    /// stay untrusted. A unit test checks the two sets are the same; once
+    /// `webpki-roots` is at 1.0.11 or later this list matches nothing and
+    /// can go.
+    const WITHDRAWN: [&[u8]; 2] = [b"emSign ECC Root CA - C3", b"emSign Root CA - C1"];
+
+    pub(super) fn withdrawn(subject: &[u8]) -> bool {
+        WITHDRAWN
+            .iter()
+            .any(|name| subject.windows(name.len()).any(|w| w == *name))
+    }
+
+    pub(super) fn roots() -> Vec<Certificate<'static>> {
+        webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .filter(|anchor| !withdrawn(&anchor.subject))
+            .map(|anchor| {
+                let der = certificate(
+                    &anchor.subject,
+                    &anchor.subject_public_key_info,
+                    anchor.name_constraints.as_deref(),
+                );
+                Certificate::from_der(&der).to_owned()
+            })
+            .collect()
+    }
+
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    const BIT_STRING: u8 = 0x03;
+    const OCTET_STRING: u8 = 0x04;
+    const OID: u8 = 0x06;
+    /// `[0]`, the version, and `[3]`, the extensions, of a TBSCertificate.
+    const EXPLICIT_0: u8 = 0xa0;
+    const EXPLICIT_3: u8 = 0xa3;
+    /// id-ce-nameConstraints, 2.5.29.30.
+    const NAME_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x1e];
+
+    /// An X.509 v3 certificate (RFC 5280 4.1) whose subject, public key and
+    /// name constraints are these, `subject` and `spki` being the contents of
+    /// their SEQUENCEs and `name_constraints` that of the extension's
+    /// SEQUENCE, as a `TrustAnchor` holds them. Issuer = subject, an empty
+    /// validity and algorithm, no signature.
+    pub(super) fn certificate(
+        subject: &[u8],
+        spki: &[u8],
+        name_constraints: Option<&[u8]>,
+    ) -> Vec<u8> {
+        let algorithm = tlv(SEQUENCE, &[]);
+        let mut tbs = Vec::new();
+        tbs.extend(tlv(EXPLICIT_0, &tlv(INTEGER, &[2])));
+        tbs.extend(tlv(INTEGER, &[1]));
+        tbs.extend(&algorithm);
+        tbs.extend(tlv(SEQUENCE, subject)); // issuer
+        tbs.extend(tlv(SEQUENCE, &[])); // validity
+        tbs.extend(tlv(SEQUENCE, subject));
+        tbs.extend(tlv(SEQUENCE, spki));
+        if let Some(constraints) = name_constraints {
+            let mut extension = tlv(OID, NAME_CONSTRAINTS);
+            extension.extend(tlv(OCTET_STRING, &tlv(SEQUENCE, constraints)));
+            let extensions = tlv(SEQUENCE, &tlv(SEQUENCE, &extension));
+            tbs.extend(tlv(EXPLICIT_3, &extensions));
+        }
+        let mut cert = tlv(SEQUENCE, &tbs);
+        cert.extend(algorithm);
+        cert.extend(tlv(BIT_STRING, &[0])); // no unused bits, no bits
+        tlv(SEQUENCE, &cert)
+    }
+
+    /// A DER tag-length-value (definite length, short or long form).
+    fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+        let len = value.len();
+        let mut out = Vec::with_capacity(value.len() + 6);
+        out.push(tag);
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|&&b| b == 0).count();
+            out.push(0x80 | (bytes.len() - skip) as u8);
+            out.extend(&bytes[skip..]);
+        }
+        out.extend(value);
+        out
+    }
 }
 
 fn is_plain_http(url: &str) -> bool {
@@ -385,6 +488,73 @@ mod tests {
             "http://***@proxy:3128"
         );
         assert_eq!(redact("proxy:3128"), "proxy:3128");
+    }
+
+    /// What rustls makes of each wrapped root is the Mozilla trust anchor it
+    /// came from, name constraints included, the one root with some too.
+    #[test]
+    fn the_mozilla_roots_read_back_as_their_trust_anchors() {
+        let anchors: Vec<_> = webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .filter(|a| !mozilla::withdrawn(&a.subject))
+            .collect();
+        let roots = mozilla::roots();
+        assert_eq!(roots.len(), anchors.len());
+        for (anchor, root) in anchors.iter().zip(&roots) {
+            let mut store = RootCertStore::empty();
+            store
+                .add(CertificateDer::from(root.der()))
+                .expect("a usable trust anchor");
+            assert_eq!(store.roots, [(*anchor).to_owned()]);
+        }
+        assert!(anchors.iter().any(|a| a.name_constraints.is_some()));
+        // The same roots, to the trust anchor, as the full certificates of
+        // `webpki-root-certs` (what the runner embedded before) give.
+        let mut ours = RootCertStore::empty();
+        ours.add_parsable_certificates(roots.iter().map(|c| CertificateDer::from(c.der())));
+        let mut theirs = RootCertStore::empty();
+        theirs.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+        // But for the name constraints Mozilla adds beside a root's
+        // certificate (the `.tr` of TUBITAK's): `webpki-roots` keeps them,
+        // a certificate does not carry them, so they were lost with
+        // `webpki-root-certs` (ureq 2 and the runner before it used the
+        // anchors, and had them).
+        let ours: Vec<_> = ours
+            .roots
+            .into_iter()
+            .map(|a| rustls_pki_types::TrustAnchor {
+                name_constraints: None,
+                ..a
+            })
+            .collect();
+        let theirs = theirs.roots;
+        let subject = |a: &rustls_pki_types::TrustAnchor<'_>| {
+            String::from_utf8_lossy(&a.subject).into_owned()
+        };
+        let extra: Vec<_> = ours
+            .iter()
+            .filter(|a| !theirs.contains(a))
+            .map(subject)
+            .collect();
+        let missing: Vec<_> = theirs
+            .iter()
+            .filter(|a| !ours.contains(a))
+            .map(subject)
+            .collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "extra {extra:?}, missing {missing:?}"
+        );
+        assert_eq!(ours.len(), theirs.len());
+        // Long-form lengths: a subject or key of 128 bytes or more.
+        let long = [7u8; 300];
+        let cert = mozilla::certificate(&long, &long, Some(&long));
+        let mut store = RootCertStore::empty();
+        let spki_error = store.add(CertificateDer::from(cert));
+        // Not a real key, but it parses as far as the anchor's fields.
+        assert!(spki_error.is_ok(), "{spki_error:?}");
+        assert_eq!(&*store.roots[0].subject, &long[..]);
+        assert_eq!(store.roots[0].name_constraints.as_deref(), Some(&long[..]));
     }
 
     #[test]
