@@ -191,6 +191,9 @@ pub struct Api {
 /// The claim body (PROTOCOL.md §6): the same bytes for every execution.
 const CLAIM_BODY: &[u8] = br#"{"state":"running"}"#;
 
+/// A connection's input buffer, and the largest response head it reads.
+const BUFFER_BYTES: usize = 16 * 1024;
+
 fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
@@ -204,6 +207,13 @@ fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
         // default keeps three), so a busy runner does not reconnect per call.
         .max_idle_connections(64)
         .max_idle_connections_per_host(64)
+        // Per connection, and resident once used: ureq's 128 KiB each way
+        // made an idle runner's two connections 0.5 MiB. The API's heads are
+        // small; a request body streams through the output buffer, and a
+        // response head must fit the input one.
+        .input_buffer_size(BUFFER_BYTES)
+        .output_buffer_size(BUFFER_BYTES / 2)
+        .max_response_header_size(BUFFER_BYTES)
         .tls_config(net.tls.clone())
         // Set even when `None`: ureq would otherwise read the proxy
         // variables itself, by its own precedence (see `net`).
