@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use ureq::http::Response;
+use ureq::unversioned::transport::DefaultConnector;
 use ureq::Body;
 
 // The runner's ureq 3; `ureq` in Cargo.toml is still the ureq 2 of the dev
@@ -23,6 +24,7 @@ use crate::identity::Identity;
 use crate::ids::ExecutionId;
 use crate::net::Net;
 use crate::protocol::{self, paths, PendingExecution, SIGNATURE_HEADER};
+use crate::resolver::CachingResolver;
 
 /// Longer than the API's 25 s long-poll (the Go runner uses 35 s too).
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(35);
@@ -219,7 +221,11 @@ fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
         // variables itself, by its own precedence (see `net`).
         .proxy(net.proxy.clone())
         .build();
-    ureq::Agent::new_with_config(config)
+    ureq::Agent::with_parts(
+        config,
+        DefaultConnector::default(),
+        CachingResolver::default(),
+    )
 }
 
 /// What `check` learns about an API without registering or taking work. Its

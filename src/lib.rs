@@ -45,6 +45,7 @@ mod pool;
 mod recovery;
 mod registration;
 mod report;
+mod resolver;
 mod retention;
 mod runner;
 mod sandbox;
