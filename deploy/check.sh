@@ -7,7 +7,7 @@
 #   3. kubernetes-validate --strict: deploy/kubernetes/*.yaml against pinned
 #      Kubernetes schemas, plus consistency checks between the manifests
 #   4. systemd-analyze verify (and security --offline): the systemd unit
-#   5. the entrypoint tests (cargo test --test deploy)
+#   5. the entrypoint tests (cargo test --test integration deploy::)
 #
 # Missing tools are installed (shellcheck and systemd with apt-get, the Python
 # tools with pip into a cache directory). A tool that cannot be installed is
@@ -16,7 +16,7 @@
 # Environment:
 #   K8S_VERSIONS               schema versions to validate against (default "1.29.0 1.33.0")
 #   DEPLOY_CHECK_STRICT        1: a skipped check is a failure (default 0)
-#   DEPLOY_CHECK_SKIP_TESTS    1: do not run cargo test --test deploy (default 0)
+#   DEPLOY_CHECK_SKIP_TESTS    1: do not run the entrypoint tests (default 0)
 #   DEPLOY_CHECK_CACHE         where the Python tools go (default ~/.cache/flo-runner-deploy-check)
 #
 # Exit status: 0 when every check passed, 1 otherwise.
@@ -274,12 +274,14 @@ fi
 # --- 5. entrypoint tests -------------------------------------------------------
 step "entrypoint tests"
 if [ "${DEPLOY_CHECK_SKIP_TESTS:-0}" = 1 ]; then
-    skip "cargo test --test deploy (DEPLOY_CHECK_SKIP_TESTS=1)"
+    skip "cargo test --test integration deploy:: (DEPLOY_CHECK_SKIP_TESTS=1)"
 elif have cargo; then
-    if cargo test --quiet --test deploy; then
-        pass "cargo test --test deploy"
+    # The tests run the binaries this build made (flo-testkit finds them).
+    if cargo build --quiet --workspace --bins --examples &&
+        cargo test --quiet --test integration deploy::; then
+        pass "cargo test --test integration deploy::"
     else
-        fail "cargo test --test deploy"
+        fail "cargo test --test integration deploy::"
     fi
 else
     skip "cargo is not installed"
