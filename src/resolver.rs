@@ -30,10 +30,17 @@ pub struct CachingResolver {
 }
 
 struct Kept {
-    /// `scheme://authority`: what the lookup depended on.
-    key: String,
+    /// What the lookup depended on.
+    scheme: String,
+    authority: String,
     at: Instant,
     addrs: ResolvedSocketAddrs,
+}
+
+impl Kept {
+    fn is_for(&self, scheme: &str, authority: &str) -> bool {
+        self.scheme == scheme && self.authority == authority
+    }
 }
 
 impl fmt::Debug for CachingResolver {
@@ -49,15 +56,13 @@ impl Resolver for CachingResolver {
         config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let key = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or_default(),
-            uri.authority().map(|a| a.as_str()).unwrap_or_default()
-        );
+        // Compared in place: this runs for every request.
+        let scheme = uri.scheme_str().unwrap_or_default();
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
         let now = Instant::now();
         if let Some(kept) = crate::sync::lock(&self.kept)
             .iter()
-            .find(|k| k.key == key && now.duration_since(k.at) < KEEP)
+            .find(|k| k.is_for(scheme, authority) && now.duration_since(k.at) < KEEP)
         {
             return Ok(kept.addrs.clone());
         }
@@ -65,10 +70,11 @@ impl Resolver for CachingResolver {
         // host already known.
         let addrs = self.lookup.resolve(uri, config, timeout)?;
         let mut kept = crate::sync::lock(&self.kept);
-        kept.retain(|k| k.key != key && now.duration_since(k.at) < KEEP);
+        kept.retain(|k| !k.is_for(scheme, authority) && now.duration_since(k.at) < KEEP);
         kept.truncate(HOSTS - 1);
         kept.push(Kept {
-            key,
+            scheme: scheme.to_string(),
+            authority: authority.to_string(),
             at: now,
             addrs: addrs.clone(),
         });
