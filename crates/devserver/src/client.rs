@@ -80,10 +80,6 @@ impl Client {
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// Any admin request: `path` starts with `/admin/`. An empty answer
     /// (204, or a 2xx without a body) is `Value::Null`.
     pub fn call(
@@ -139,7 +135,7 @@ impl Client {
         }
     }
 
-    pub fn execution_path(id: &str) -> String {
+    fn execution_path(id: &str) -> String {
         format!("/admin/executions/{}", percent_encode_segment(id))
     }
 
