@@ -193,8 +193,14 @@ pub struct Api {
 /// The claim body (PROTOCOL.md §6): the same bytes for every execution.
 const CLAIM_BODY: &[u8] = br#"{"state":"running"}"#;
 
-/// A connection's input buffer, and the largest response head it reads.
-const BUFFER_BYTES: usize = 16 * 1024;
+/// The largest response head (status line and headers) the runner reads.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// A connection's input buffer: a little more than the largest head, or a
+/// head that fills the buffer exactly is read as the peer hanging up
+/// instead of ureq's "response header is too big".
+const INPUT_BUFFER_BYTES: usize = MAX_HEAD_BYTES + 1024;
+/// A connection's output buffer: the request head must fit; bodies stream.
+const OUTPUT_BUFFER_BYTES: usize = 8 * 1024;
 
 fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
@@ -213,9 +219,9 @@ fn agent(timeout: Duration, net: &Net) -> ureq::Agent {
         // made an idle runner's two connections 0.5 MiB. The API's heads are
         // small; a request body streams through the output buffer, and a
         // response head must fit the input one.
-        .input_buffer_size(BUFFER_BYTES)
-        .output_buffer_size(BUFFER_BYTES / 2)
-        .max_response_header_size(BUFFER_BYTES)
+        .input_buffer_size(INPUT_BUFFER_BYTES)
+        .output_buffer_size(OUTPUT_BUFFER_BYTES)
+        .max_response_header_size(MAX_HEAD_BYTES)
         .tls_config(net.tls.clone())
         // Set even when `None`: ureq would otherwise read the proxy
         // variables itself, by its own precedence (see `net`).

@@ -317,10 +317,20 @@ fn check_passes_against_the_current_generation_with_every_feature() {
 /// A server that answers every request `404 page not found`, like any web
 /// server that is not the Flomation API (or its base URL with a wrong path).
 fn plain_404_server() -> String {
+    answering_server(
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n\
+         Content-Length: 18\r\n\r\n404 page not found"
+            .to_string(),
+    )
+}
+
+/// A server that gives every request `answer` (a whole HTTP response).
+fn answering_server(answer: String) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
+            let answer = answer.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream);
                 loop {
@@ -347,8 +357,6 @@ fn plain_404_server() -> String {
                     if reader.read_exact(&mut body).is_err() {
                         return;
                     }
-                    let answer = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n\
-                                  Content-Length: 18\r\n\r\n404 page not found";
                     if reader.get_mut().write_all(answer.as_bytes()).is_err() {
                         return;
                     }
@@ -357,6 +365,42 @@ fn plain_404_server() -> String {
         }
     });
     url
+}
+
+/// The runner reads response heads of up to 16 KiB (README "TLS and
+/// proxies"): a bigger one is one clear line, and no crash.
+#[test]
+fn a_response_head_over_16_kib_is_one_clear_error() {
+    let padding = "x".repeat(20 * 1024);
+    let url = answering_server(format!(
+        "HTTP/1.1 200 OK\r\nX-Padding: {padding}\r\nContent-Length: 2\r\n\r\n{{}}"
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = json!({
+        "runner": {"url": url, "registration_code": CODE,
+                   "registration_retry": {"strategy": "none"}},
+        "execution": {"executable_name": executor_path().to_string_lossy()}
+    });
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_vec(&config).expect("config"),
+    )
+    .expect("write config");
+    let out = Command::new(runner_bin())
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("run flo-runner");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let errors: Vec<&str> = all.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{all}");
+    assert!(
+        errors[0].contains("response header is too big") && errors[0].contains("16384"),
+        "{all}"
+    );
+    assert!(!all.contains("panicked"), "{all}");
 }
 
 #[test]
